@@ -1,0 +1,177 @@
+"""The one device helper of the course: every notebook and module goes through it.
+
+- :func:`get_device` picks CUDA → MPS → CPU (env ``COURSE_DEVICE`` or an argument overrides).
+- :func:`autocast_dtype` / :func:`amp` choose mixed precision: bf16 where the GPU supports it,
+  fp16 with a gradient scaler on older GPUs, none on CPU and MPS.
+- :func:`seed_everything`, :func:`memory_report`, :func:`throughput`, :func:`describe_hardware`,
+  :func:`free_memory` and :func:`maybe_compile` do what their names say.
+
+No ``.cuda()`` anywhere else in the course: move things with ``.to(device)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["get_device", "autocast_dtype", "amp", "Amp", "seed_everything", "memory_report",
+           "throughput", "describe_hardware", "free_memory", "maybe_compile", "synchronize"]
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """The device to use: ``prefer``, else env ``COURSE_DEVICE``, else CUDA → MPS → CPU.
+
+    Asking for a device this machine does not have raises a ``RuntimeError`` that says so.
+    """
+    choice = prefer if prefer is not None else os.environ.get("COURSE_DEVICE") or None
+    if choice is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for, but PyTorch sees no CUDA GPU here; "
+                           "use 'cpu' (or unset COURSE_DEVICE to pick automatically)")
+    if device.type == "mps" and not _mps_available():
+        raise RuntimeError("device mps was asked for, but this is not an Apple-silicon Mac "
+                           "with MPS; use 'cpu' (or unset COURSE_DEVICE)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device}; the course runs on cpu, cuda or mps")
+    return device
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Mixed-precision dtype for ``device``: bf16 on GPUs that support it, fp16 on older
+    CUDA GPUs (train with a grad scaler), ``None`` (full fp32) on CPU and MPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass
+class Amp:
+    """Mixed-precision policy: ``with policy.autocast(): loss = ...``, then
+    ``policy.backward(loss, optimizer)`` scales the loss when fp16 needs it."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def amp(device: torch.device | str, enabled: bool = True) -> Amp:
+    """The mixed-precision policy for ``device`` (see :func:`autocast_dtype`)."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device) if enabled else None
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return Amp(device, dtype, scaler)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so a run can be repeated exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so timings measure the work and not the queueing."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def memory_report(device: torch.device | str | None = None) -> dict[str, float]:
+    """Memory in MiB: GPU allocated / reserved / peak on CUDA, process peak RSS otherwise."""
+    device = torch.device(device) if device is not None else get_device()
+    mib = 2 ** 20
+    if device.type == "cuda":
+        return {"allocated_mib": torch.cuda.memory_allocated(device) / mib,
+                "reserved_mib": torch.cuda.memory_reserved(device) / mib,
+                "peak_mib": torch.cuda.max_memory_allocated(device) / mib}
+    if device.type == "mps":
+        return {"allocated_mib": torch.mps.current_allocated_memory() / mib,
+                "driver_mib": torch.mps.driver_allocated_memory() / mib}
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = peak_kib / mib if sys.platform == "darwin" else peak_kib / 1024
+    return {"process_peak_rss_mib": peak}
+
+
+def throughput(fn: Callable[[], object], items: int, device: torch.device | str | None = None,
+               warmup: int = 1, repeats: int = 3) -> float:
+    """Items per second of ``fn()`` (which processes ``items`` items), best of ``repeats``."""
+    if items <= 0 or repeats <= 0:
+        raise ValueError("items and repeats must be positive")
+    device = torch.device(device) if device is not None else get_device()
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return items / max(best, 1e-9)
+
+
+def describe_hardware() -> dict[str, object]:
+    """What this machine offers the course: versions, CPU threads, GPU name and memory."""
+    info: dict[str, object] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(get_device()),
+        "cuda": torch.cuda.is_available(),
+        "mps": _mps_available(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    bf16=torch.cuda.is_bf16_supported())
+    info["autocast_dtype"] = str(autocast_dtype(get_device()))
+    return info
+
+
+def free_memory() -> None:
+    """Collect garbage and hand cached GPU memory back to the driver."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if _mps_available():
+        torch.mps.empty_cache()
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool = False) -> torch.nn.Module:
+    """``torch.compile(model)`` when asked and on CUDA (where it pays off); the model otherwise."""
+    if enabled and next(model.parameters()).device.type == "cuda":
+        return torch.compile(model)
+    return model

@@ -1,0 +1,47 @@
+"""Every notebook under notebooks/ runs top to bottom in smoke mode within its budget."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbrun import NOTEBOOKS, ROOT, run_notebook
+
+SMOKE_BUDGET_S = 60
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
+def test_notebook_runs_in_smoke_mode(path, tmp_path, record_property):
+    seconds = None
+    try:
+        _, seconds = run_notebook(path, tmp_path, smoke=True, threads=1)
+    finally:
+        if seconds is not None:
+            record_property("notebook_seconds", round(seconds, 1))
+    assert seconds <= SMOKE_BUDGET_S, f"{path.name} took {seconds:.1f} s in smoke mode (budget {SMOKE_BUDGET_S} s)"
+
+
+def _reported_numbers(workdir):
+    runs = sorted((workdir / "outputs" / "runs").glob("*/*/metrics.json"))
+    assert runs, "the notebook saved no metrics with course_lib.artifacts.save_run"
+    out = {}
+    for f in runs:
+        metrics = json.loads(f.read_text())
+        metrics.pop("run", None)  # name, timestamp, versions: not results
+        out[str(f.relative_to(workdir))] = metrics
+    return out
+
+
+DETERMINISM = [p for p in NOTEBOOKS if p.name.startswith(("03_", "05_"))]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", DETERMINISM, ids=lambda p: p.name)
+def test_same_seed_same_numbers(path, tmp_path):
+    """Two runs with the same seed report identical numbers."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_notebook(path, first, smoke=True, threads=1)
+    run_notebook(path, second, smoke=True, threads=1)
+    a, b = _reported_numbers(first), _reported_numbers(second)
+    assert a == b, f"{path.name} reported different numbers for the same seed:\n{a}\n{b}"
