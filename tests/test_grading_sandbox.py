@@ -1,0 +1,122 @@
+"""The sandbox of one grading job, driven directly through the zygote: what learner code can
+and cannot do, in both isolation modes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from course_lib.grading import sandbox
+from course_lib.grading.zygote import Zygote
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = '''
+import json, os, socket, pathlib
+report = {"uid": os.getuid()}
+try:
+    report["read_hidden"] = pathlib.Path(SECRET).read_text()
+except Exception as exc:
+    report["read_hidden"] = type(exc).__name__
+try:
+    pathlib.Path(OUTSIDE).write_text("x")
+    report["write_outside"] = "written"
+except Exception as exc:
+    report["write_outside"] = type(exc).__name__
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=2)
+    report["network"] = "connected"
+except Exception as exc:
+    report["network"] = type(exc).__name__
+pathlib.Path("mine.txt").write_text("mine")
+report["write_own"] = pathlib.Path("mine.txt").read_text()
+print(json.dumps(report))
+'''
+
+
+def _run(zygote: Zygote, job_dir: Path, cells: list[str], hidden: list[str], timeout=10,
+         memory=1024 ** 3) -> tuple[list[dict], dict]:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(job_dir, sandbox.NOBODY, sandbox.NOBODY)
+    spec = {"kind": "execute", "job_dir": str(job_dir), "cwd": str(job_dir), "hidden": hidden,
+            "cell_timeout": timeout, "memory_bytes": memory,
+            "cells": [{"index": i, "source": s} for i, s in enumerate(cells)]}
+    job = zygote.open(spec)
+    cells_out = []
+    while True:
+        _, msg = job.recv(time.monotonic() + 60)
+        if msg["type"] == "cell":
+            cells_out.append(msg)
+        if msg["type"] in ("done", "exit"):
+            break
+    return cells_out, job.wait_exit()
+
+
+@pytest.fixture(scope="module", params=["namespaces", "audit-hook"])
+def zygote(request, tmp_path_factory):
+    mode = request.param
+    if mode == "namespaces" and sandbox.detect_isolation()[0] != "namespaces":
+        pytest.skip("namespaces need Linux and root")
+    z = Zygote(tmp_path_factory.mktemp("zygote"), mode)
+    yield z
+    z.close()
+
+
+def test_job_sees_only_its_folder_and_no_network(zygote, tmp_path):
+    secret = tmp_path / "secret" / "answers.txt"
+    secret.parent.mkdir()
+    secret.write_text("the solutions")
+    outside = ROOT / "WRITTEN_BY_SANDBOX_TEST.txt"
+    job_dir = tmp_path / "job"
+    out, exit_info = _run(zygote, job_dir, [PROBE.replace("SECRET", repr(str(secret))).replace("OUTSIDE", repr(str(outside)))],
+                          hidden=[str(secret.parent)])
+    text = out[0]["outputs"][0]["text"]
+    report = json.loads(text)
+    assert report["read_hidden"] in ("FileNotFoundError", "PermissionError")
+    assert report["write_outside"] in ("OSError", "PermissionError")
+    assert report["network"] in ("OSError", "PermissionError", "TimeoutError", "gaierror")
+    assert report["write_own"] == "mine"
+    assert not outside.exists()
+    assert (job_dir / "mine.txt").read_text() == "mine"
+    kinds = {r["kind"] for r in out[0]["audit"]}
+    assert {"read", "write", "network"} <= kinds, out[0]["audit"]
+    if zygote.mode == "namespaces":
+        assert report["uid"] == sandbox.NOBODY
+    assert exit_info["code"] == 0
+
+
+def test_memory_limit_is_a_clean_error_and_the_job_goes_on(zygote, tmp_path):
+    cells = ["import torch\nhog = [torch.ones(50_000_000) for _ in range(100)]", "print('still here')"]
+    out, exit_info = _run(zygote, tmp_path / "job", cells, hidden=[], memory=512 * 1024 ** 2)
+    error = out[0]["outputs"][-1]
+    assert error["output_type"] == "error"
+    assert "MemoryError" in error["ename"] or "allocate memory" in error["evalue"], error
+    assert out[1]["outputs"][0]["text"] == "still here\n"
+    assert exit_info["code"] == 0
+
+
+def test_time_limit_interrupts_a_cell(zygote, tmp_path):
+    out, _ = _run(zygote, tmp_path / "job", ["while True:\n    pass", "print('next')"],
+                  hidden=[], timeout=1)
+    assert out[0]["outputs"][-1]["ename"] == "CellTimeout"
+    assert out[1]["outputs"][0]["text"] == "next\n"
+
+
+def test_a_stubborn_loop_is_killed_with_its_children(zygote, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    if os.geteuid() == 0:
+        os.chown(job_dir, sandbox.NOBODY, sandbox.NOBODY)
+    stubborn = ("import time\nwhile True:\n    try:\n        time.sleep(0.05)\n"
+                "    except BaseException:\n        pass")
+    spec = {"kind": "execute", "job_dir": str(job_dir), "cwd": str(job_dir), "hidden": [],
+            "cell_timeout": 0.5, "memory_bytes": 1024 ** 3, "cells": [{"index": 0, "source": stubborn}]}
+    job = zygote.open(spec)
+    with pytest.raises(TimeoutError):
+        while True:
+            job.recv(time.monotonic() + 3)
+    job.kill("time")
+    assert job.wait_exit()["code"] == -9
