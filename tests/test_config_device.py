@@ -123,3 +123,9 @@ def test_cuda_autocast_dtype_and_scaler():
 @needs_mps
 def test_mps_memory_report():
     assert "allocated_mib" in device.memory_report("mps")
+
+
+def test_submodules_load_on_first_use():
+    assert callable(course_lib.viz.show_images) and callable(course_lib.metrics.fid)
+    with pytest.raises(AttributeError, match="no attribute 'vizz'"):
+        course_lib.vizz
