@@ -184,12 +184,22 @@ def enter_namespaces(plan: Plan) -> list[str]:
     _check(_libc().unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
                            | CLONE_NEWUTS), "unshare")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _expose_to_nobody(python_trees())
+    trees = python_trees()
+    _expose_to_nobody(trees)
     job_fd = os.open(plan.job_dir, os.O_PATH | os.O_DIRECTORY)   # before it is hidden
+    # Python or the course may live under /tmp (a clone or a venv there): keep them visible
+    # through the private tmpfs, as bind mounts made read-only below with everything else.
+    in_tmp = [t for t in trees if any(_under(t, tmp) for tmp in PRIVATE_TMP)
+              and not any(o != t and _under(t, o) for o in trees)]
+    tree_fds = {t: os.open(t, os.O_PATH | os.O_DIRECTORY) for t in in_tmp}
     for tmp in PRIVATE_TMP:
         if os.path.isdir(tmp):
             _mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV,
                    f"size={plan.tmp_size},mode=1777")
+    for tree, fd in tree_fds.items():
+        os.makedirs(tree, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", tree, None, MS_BIND | MS_REC)
+        os.close(fd)
     for path in plan.hidden:
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
@@ -366,7 +376,9 @@ def install_audit_hook(plan: Plan, block: bool, records: list, limit: int = 50) 
     """Record (and with ``block=True`` refuse) what a job should not do. Cannot be removed."""
     job = os.path.realpath(plan.job_dir)
     hidden = [os.path.realpath(p) for p in plan.hidden]
-    writable = [job] + [os.path.realpath(p) for p in PRIVATE_TMP] + ["/dev/null"]
+    tmps = [os.path.realpath(p) for p in PRIVATE_TMP]
+    # Python and the course stay read-only even when they live under /tmp (a clone there)
+    protected = [t for t in python_trees() if t not in tmps] + hidden
     realpath, fspath, isinstance_, str_ = os.path.realpath, os.fspath, isinstance, str
     busy = [False]
 
@@ -384,6 +396,11 @@ def install_audit_hook(plan: Plan, block: bool, records: list, limit: int = 50) 
         except (TypeError, ValueError, OSError):
             return None
 
+    def may_write(p: str) -> bool:
+        if _under(p, job) or p == "/dev/null":
+            return True
+        return any(_under(p, t) for t in tmps) and not any(_under(p, q) for q in protected)
+
     def is_hidden(p: str) -> bool:
         return any(_under(p, h) for h in hidden) and not _under(p, job)
 
@@ -393,7 +410,7 @@ def install_audit_hook(plan: Plan, block: bool, records: list, limit: int = 50) 
             return
         wants_write = (isinstance_(mode, str_) and any(ch in mode for ch in "wax+")) or (
             isinstance_(flags, int) and flags & _WRITE_FLAGS)
-        if wants_write and not any(_under(p, w) for w in writable):
+        if wants_write and not may_write(p):
             note("write", p)
         elif is_hidden(p):
             note("read", p)
@@ -412,7 +429,7 @@ def install_audit_hook(plan: Plan, block: bool, records: list, limit: int = 50) 
             elif event in ("os.remove", "os.rename", "os.mkdir", "os.rmdir", "shutil.rmtree",
                            "os.chmod", "os.chown", "os.symlink", "os.link", "os.truncate"):
                 p = resolve(args[0]) if args else None
-                if p is not None and not any(_under(p, w) for w in writable):
+                if p is not None and not may_write(p):
                     note("write", p)
             elif event in ("socket.connect", "socket.bind", "socket.sendto"):
                 address = args[1] if len(args) > 1 else None
