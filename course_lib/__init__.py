@@ -8,7 +8,7 @@ from course_lib.device import get_device, seed_everything
 
 __version__ = "0.1.0"
 _SUBMODULES = {"artifacts", "checks", "config", "data", "device", "foundations", "judges", "metrics",
-               "train", "viz"}
+               "nn", "text", "train", "viz"}
 
 
 def __getattr__(name: str):
