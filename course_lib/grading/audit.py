@@ -25,7 +25,7 @@ __all__ = ["Finding", "inspect_cells", "helper_names"]
 RISKY_MODULES = {"ctypes", "gc", "inspect", "importlib", "builtins", "threading", "_thread",
                  "multiprocessing", "subprocess", "socket", "signal", "atexit", "marshal",
                  "pty", "resource", "faulthandler", "sysconfig", "site"}
-REFERENCE_PACKAGES = ("course_lib.foundations",)
+REFERENCE_PACKAGES = ("course_lib.foundations", "course_lib.nn")
 GRADER_PACKAGES = ("course_lib.grading", "course_lib.checks")
 KNOWN_MODULE_NAMES = {"torch", "np", "numpy", "math", "builtins", "sys", "os", "course_lib",
                       "F", "nn", "random", "warnings"}

@@ -24,7 +24,8 @@ WATCHED_MODULES = ("builtins", "math", "torch", "torch.nn.functional", "torch.li
 WATCHED_PREFIXES = ("course_lib.",)
 # builtins that IPython and the interpreter rebind on their own
 _IGNORED_BUILTINS = {"_", "__", "___", "get_ipython", "display", "exit", "quit", "copyright",
-                     "credits", "license", "help", "__IPYTHON__", "__IPYTHON__active", "dreload"}
+                     "credits", "license", "help", "__IPYTHON__", "__IPYTHON__active", "dreload",
+                     "input"}  # ipykernel swaps input() in on every execution
 _MISSING = object()
 # The guard must work after a notebook replaced builtins, so it calls them through these.
 _isinstance, _vars, _dict, _callable, _type = isinstance, vars, dict, callable, type

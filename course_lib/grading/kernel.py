@@ -44,15 +44,23 @@ class CellTimeout(KeyboardInterrupt):
     ``except Exception`` in learner code does not swallow it."""
 
 
-def capture_reference_codes(prefix: str = "course_lib.foundations") -> None:
-    """Remember the code object of every reference function, by dotted name."""
+REFERENCE_PREFIXES = ("course_lib.foundations", "course_lib.nn")   # course_lib.nn: for A3
+
+
+def capture_reference_codes(prefix: str | tuple[str, ...] = REFERENCE_PREFIXES) -> None:
+    """Remember the code object of every reference function, by dotted name (the methods of a
+    reference class too, e.g. ``course_lib.nn.attention.MultiHeadAttention.forward``)."""
     for name, module in list(sys.modules.items()):
         if not (name.startswith(prefix) and isinstance(module, ModuleType)):
             continue
         for attr, obj in vars(module).items():
-            code = getattr(getattr(obj, "__wrapped__", obj), "__code__", None)
-            if code is not None and getattr(obj, "__module__", None) == name:
-                _REFERENCE_CODES[f"{name}.{obj.__qualname__}"] = code
+            if getattr(obj, "__module__", None) != name:
+                continue
+            members = [obj] + (list(vars(obj).values()) if isinstance(obj, type) else [])
+            for member in members:
+                code = getattr(getattr(member, "__wrapped__", member), "__code__", None)
+                if code is not None and hasattr(member, "__qualname__"):
+                    _REFERENCE_CODES[f"{name}.{member.__qualname__}"] = code
 
 
 # ----------------------------------------------------------------------------- outputs
