@@ -9,9 +9,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from course_lib.checks import CheckFailure
 from course_lib.grading import a2
 from course_lib.nn import numpy_mlp as ref
+from grading import assert_check_fails, assert_stub_not_attempted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,17 +134,11 @@ def test_right_answers_pass_visible_and_hidden_settings(capsys):
      ["earns nothing", "course_lib.nn.numpy_mlp.mlp_"]),
 ])
 def test_wrong_answers_fail_with_a_specific_message(check, fn, kwargs, words):
-    with pytest.raises(CheckFailure) as info:
-        check(fn, **kwargs)
-    for word in words:
-        assert word in str(info.value), str(info.value)
+    assert_check_fails(check, fn, words, **kwargs)
 
 
 def test_a_stub_is_not_attempted_and_scores_nothing():
-    def stub(*args):
-        raise NotImplementedError
-    with pytest.raises(CheckFailure, match="not attempted"):
-        a2.check_mlp_loss_and_grads(stub)
+    assert_stub_not_attempted(a2.check_mlp_loss_and_grads)
 
 
 def test_the_answer_gets_numpy_arrays_and_may_return_a_numpy_scalar_loss():

@@ -9,7 +9,8 @@ The encoder and the decoder are separate modules (:class:`ConvEncoder`, :class:`
 so that later models can reuse them: a VAE asks the encoder for ``2 * latent_dim`` numbers
 (a mean and a log-variance), and a latent diffusion model trains on the codes ``z``.
 
-Shapes, with ``levels`` = L halvings of the image side (default 2):
+Shapes, with ``levels`` = L halvings of the image side (default 2) and ``width`` = W; every
+"conv" is a 3x3 convolution followed by GroupNorm and SiLU:
 
     encoder  x (B, C, S, S) -> [conv s2 -> conv] x L -> (B, W·2^(L-1), S/2^L, S/2^L)
                             -> flatten -> linear -> z (B, latent_dim)
@@ -100,8 +101,9 @@ class ConvDecoder(nn.Module):
     """Codes to images: ``(B, latent_dim) -> (B, out_ch, S, S)``, the encoder in reverse.
 
     A linear layer makes a small feature map; each level doubles the side (nearest-neighbour
-    upsampling, then two 3x3 convolutions with GroupNorm and SiLU); a last 3x3 convolution gives the ``out_ch``
-    channels, squashed by ``output`` ("sigmoid": [0, 1], "tanh": [-1, 1], "none").
+    upsampling, then two 3x3 convolutions with GroupNorm and SiLU); a last 3x3 convolution
+    gives the ``out_ch`` channels, squashed by ``output`` ("sigmoid": [0, 1], "tanh": [-1, 1],
+    "none").
     """
 
     def __init__(self, latent_dim: int, out_ch: int, image_size: int, width: int = 32,
