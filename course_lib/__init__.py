@@ -7,8 +7,9 @@ from course_lib.config import Config, cache_dir, data_dir, is_smoke, output_dir,
 from course_lib.device import get_device, seed_everything
 
 __version__ = "0.1.0"
-_SUBMODULES = {"artifacts", "checks", "config", "data", "device", "foundations", "judges", "metrics",
-               "nn", "text", "train", "viz"}
+_SUBMODULES = {"advanced_gan", "artifacts", "captioning", "checks", "clip", "config", "data", "device",
+               "eval_metrics", "flows", "foundations", "gan", "judges", "metrics", "nn", "text",
+               "train", "vae", "viz"}
 
 
 def __getattr__(name: str):
