@@ -1,18 +1,24 @@
-"""The one function every graded test cell goes through.
+"""The functions every graded test cell goes through.
 
 :func:`graded_check` first puts back any library function the notebook replaced (see
 :mod:`course_lib.grading.guard`), then runs :func:`course_lib.checks.check` with
 ``raise_on_fail=True`` (nbgrader scores a raised error as 0), exact dtypes, and the references of
-the assignment forbidden inside the learner's function.
+the assignment forbidden inside the learner's function. :func:`hinted_check` adds a hint
+when a wrong answer reproduces a known classic mistake.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
-from course_lib.checks import check
+import torch
+
+from course_lib.checks import (CheckFailure, RemoteCallable, call_forbidding, check,
+                               compare_outputs)
 from course_lib.grading import guard
 
-__all__ = ["graded_check"]
+__all__ = ["graded_check", "hinted_check", "Mistake"]
+
+Mistake = tuple[Callable, str]       # (a wrong version of the function, what to tell the learner)
 
 guard.take()      # the pristine state: taken when the locked set-up cell imports the grader
 
@@ -30,3 +36,72 @@ def graded_check(fn: Callable, reference: Callable, make_inputs: Callable, *, na
               "changing library functions is not allowed in graded work")
     check(fn, reference, make_inputs, trials=trials, seed=seed, atol=atol, rtol=rtol,
           raise_on_fail=True, forbid=forbid, exact_dtype=exact_dtype, name=name)
+
+
+# ----------------------------------------------------------------------------- hints
+def _learner_call(fn: Callable, args: tuple, forbid: tuple):
+    if isinstance(fn, RemoteCallable):          # the grader's re-check: fn lives in a sandbox
+        return fn.call_forbidding(args, forbid)
+    return call_forbidding(fn, args, forbid)
+
+
+def _diagnose(fn: Callable, reference: Callable, make_inputs: Callable, *, trials: int, seed: int,
+              forbid: tuple, mistakes: Sequence[Mistake], error_hints: Sequence[tuple[str, str]],
+              random_hint: str | None, atol: float, rtol: float) -> str | None:
+    """Replay the check's inputs; on the first one the answer gets wrong, say which classic
+    mistake the answer reproduces (if any)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(trials):
+        args = make_inputs(gen)
+        args = args if isinstance(args, tuple) else (args,)
+        want = reference(*args)
+        try:
+            got = _learner_call(fn, args, forbid)
+        except Exception as exc:                              # noqa: BLE001 (the learner's error)
+            text = f"{type(exc).__name__}: {exc}"
+            return next((hint for words, hint in error_hints if words in text), None)
+        if compare_outputs(got, want, atol, rtol) is None:
+            continue
+        for mistake, hint in mistakes:
+            try:
+                wrong = mistake(*args)
+            except Exception:                                 # noqa: BLE001 (a mistake that raises)
+                continue
+            # both ways round: a mistake that gives NaN must not match every answer
+            if compare_outputs(got, wrong, atol, rtol) is None and \
+                    compare_outputs(wrong, got, atol, rtol) is None:
+                return hint
+        if random_hint is None:
+            return None
+        try:
+            again = _learner_call(fn, args, forbid)
+        except Exception:                                     # noqa: BLE001
+            return None
+        return random_hint if compare_outputs(got, again, 0.0, 0.0) is not None else None
+    return None
+
+
+def hinted_check(fn: Callable, reference: Callable, make_inputs: Callable[[], Callable], *, name: str,
+                 trials: int, seed: int, forbid: tuple, mistakes: Sequence[Mistake] = (),
+                 error_hints: Sequence[tuple[str, str]] = (), random_hint: str | None = None,
+                 atol: float, rtol: float) -> None:
+    """:func:`course_lib.grading.graded.graded_check`, plus a hint when the answer is wrong.
+
+    ``make_inputs()`` returns a fresh ``make_inputs(generator)`` (so the inputs of a failed check
+    can be drawn again); ``mistakes`` are wrong versions of the function with what to say when
+    the answer reproduces one of them; ``error_hints`` are (words in the error, hint) for answers
+    that raise; ``random_hint`` is said when the answer gives two different results for the same
+    inputs (it drew its own noise). The hint is printed and added to the failure's message."""
+    try:
+        graded_check(fn, reference, make_inputs(), name=name, trials=trials, seed=seed,
+                     forbid=forbid, atol=atol, rtol=rtol)
+    except CheckFailure as failure:
+        if "not attempted" in str(failure) or "earns nothing" in str(failure):
+            raise
+        hint = _diagnose(fn, reference, make_inputs(), trials=trials, seed=seed, forbid=forbid,
+                         mistakes=mistakes, error_hints=error_hints, random_hint=random_hint,
+                         atol=atol, rtol=rtol)
+        if hint is None:
+            raise
+        print(f"💡 Hint: {hint}")
+        raise CheckFailure(f"{failure}\n💡 Hint: {hint}") from None

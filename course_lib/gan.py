@@ -1,0 +1,551 @@
+"""Generative adversarial networks: losses, DCGAN and toy MLP networks, a short training loop.
+
+A GAN (Goodfellow et al., 2014) trains two networks against each other. The discriminator D
+tells real samples from generated ones; the generator G turns noise z ~ N(0, I) into samples
+that D cannot tell apart from the data:
+
+    min_G max_D  V(D, G) = E_x[log D(x)] + E_z[log(1 − D(G(z)))]
+
+    G, D = Generator(latent_dim=32, out_ch=1, image_size=16), Discriminator(in_ch=1, image_size=16)
+    hist = train_gan(G, D, X, steps=5000, loss="nonsaturating", ema_decay=0.999)  # X: (N, 1, 16, 16) in [-1, 1]
+    samples = (hist.generator(G.sample_z(64)) + 1) / 2                          # (64, 1, 16, 16) in [0, 1]
+
+Conventions used throughout this module:
+
+* Discriminators return **logits** ℓ (one number per sample, shape ``(B,)``), and
+  D(x) = σ(ℓ). Every loss is written with ``binary_cross_entropy_with_logits``, which computes
+  log σ(ℓ) and log(1 − σ(ℓ)) = log σ(−ℓ) stably.
+* Every loss is a scalar to **minimise** (the optimiser steps downhill).
+* Images live in [-1, 1]; the DCGAN generator ends with tanh.
+* A Wasserstein critic returns unbounded **scores** ``(B,)`` (no sigmoid).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "d_loss_minimax",
+    "d_loss_nonsaturating",
+    "g_loss_minimax",
+    "g_loss_nonsaturating",
+    "wgan_d_loss",
+    "wgan_g_loss",
+    "gradient_penalty",
+    "Generator",
+    "Discriminator",
+    "MLPGenerator",
+    "MLPDiscriminator",
+    "add_spectral_norm",
+    "has_spectral_norm",
+    "GANHistory",
+    "train_gan",
+    "random_translate",
+    "mode_coverage",
+    "LOSSES",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------------------------
+
+def _check_logits(name: str, t: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
+    if t.dim() == 2 and t.shape[1] == 1:  # (B, 1) → (B,), a common discriminator output
+        t = t[:, 0]
+    if t.dim() != 1:
+        raise ValueError(
+            f"{name} must have shape (B,) (one logit/score per sample), got {tuple(t.shape)}; "
+            "flatten the discriminator output with .view(-1)")
+    return t
+
+
+def d_loss_minimax(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss of the original minimax game (scalar to minimise).
+
+    D maximises E[log D(x)] + E[log(1 − D(G(z)))], i.e. minimises binary cross-entropy with
+    label 1 for real and label 0 for fake:
+
+        L_D = −mean log σ(ℓ_real) − mean log(1 − σ(ℓ_fake))
+
+    real_logits: (B,), fake_logits: (B',) → scalar. (The discriminator's loss is the same in the
+    minimax and non-saturating games; only the generator's loss differs.)
+    """
+    real_logits = _check_logits("real_logits", real_logits)
+    fake_logits = _check_logits("fake_logits", fake_logits)
+    loss_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return loss_real + loss_fake  # −E log D(x) − E log(1 − D(G(z)))
+
+
+def d_loss_nonsaturating(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss used with the non-saturating generator loss: the same BCE as
+    :func:`d_loss_minimax` (real → 1, fake → 0). real_logits: (B,), fake_logits: (B',) → scalar."""
+    return d_loss_minimax(real_logits, fake_logits)
+
+
+def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Generator loss of the minimax game (saturating), to minimise:
+
+        L_G = mean log(1 − σ(ℓ_fake)) = −BCE(ℓ_fake, 0)
+
+    When D confidently rejects the fakes (σ(ℓ) ≈ 0, early in training) the gradient
+    ∂L_G/∂ℓ = −σ(ℓ) vanishes: the generator gets no signal. fake_logits: (B,) → scalar.
+    """
+    fake_logits = _check_logits("fake_logits", fake_logits)
+    return -F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss (Goodfellow et al., 2014, §3), to minimise:
+
+        L_G = −mean log σ(ℓ_fake) = BCE(ℓ_fake, 1)
+
+    Same fixed point as the minimax loss, but ∂L_G/∂ℓ = σ(ℓ) − 1 ≈ −1 when σ(ℓ) ≈ 0, so the
+    generator learns fastest exactly when it is worst. fake_logits: (B,) → scalar.
+    """
+    fake_logits = _check_logits("fake_logits", fake_logits)
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def wgan_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """Wasserstein critic loss (Arjovsky et al., 2017), to minimise:
+
+        L_C = mean f(G(z)) − mean f(x)
+
+    −L_C estimates the Wasserstein-1 distance when f is 1-Lipschitz (enforce that with
+    :func:`gradient_penalty` or spectral norm). real_scores: (B,), fake_scores: (B',) → scalar.
+    """
+    real_scores = _check_logits("real_scores", real_scores)
+    fake_scores = _check_logits("fake_scores", fake_scores)
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wgan_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """Wasserstein generator loss, to minimise: L_G = −mean f(G(z)). fake_scores: (B,) → scalar."""
+    fake_scores = _check_logits("fake_scores", fake_scores)
+    return -fake_scores.mean()
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP gradient penalty (Gulrajani et al., 2017), a scalar:
+
+        x̂ = α·x_real + (1 − α)·x_fake,   α ~ U[0, 1] per sample
+        GP = mean (‖∇_x̂ f(x̂)‖₂ − 1)²
+
+    real, fake: (B, ...) same shape; alpha: (B, 1, ..., 1) (or anything broadcastable), drawn
+    uniformly if None. The gradient is taken with ``create_graph=True`` so the penalty itself can
+    be back-propagated into the critic's weights. Add ``λ · GP`` (λ = 10 in the paper) to the
+    critic's loss.
+    """
+    if not isinstance(real, torch.Tensor) or not isinstance(fake, torch.Tensor):
+        raise TypeError("real and fake must be torch.Tensors of the same shape (B, ...)")
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} "
+                         f"and {tuple(fake.shape)}; use equal batch sizes")
+    if alpha is None:
+        alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device,
+                           dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)  # ∇_x̂ f(x̂): (B, ...)
+    grad_norm = grad.flatten(1).norm(2, dim=1)  # ‖∇_x̂ f(x̂)‖₂: (B,)
+    return ((grad_norm - 1) ** 2).mean()  # mean (‖∇f‖ − 1)²
+
+
+LOSSES = ("minimax", "nonsaturating", "wgan-gp")  # the choices of train_gan(loss=...)
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _levels(image_size: int) -> tuple[int, int]:
+    """(L, s0): how many stride-2 steps and the smallest side, image_size = s0 · 2^L.
+
+    Halve while the side is even and the half is still at least 4: 16 → 8 → 4 (L=2, s0=4),
+    28 → 14 → 7 (L=2, s0=7), 32 → ... → 4 (L=3), 64 → ... → 4 (L=4).
+    """
+    _positive_int(image_size, "image_size")
+    levels, side = 0, image_size
+    while side % 2 == 0 and side // 2 >= 4:
+        levels, side = levels + 1, side // 2
+    if levels == 0:
+        raise ValueError(f"image_size={image_size} cannot be halved even once to a side >= 4; "
+                         "use an even size of at least 8 (16, 28, 32, 64 ...)")
+    return levels, side
+
+
+def _channels(width: int, level: int) -> int:
+    """Channels at ``level`` halvings from full resolution: width, 2·width, 4·width (at most 8·width)."""
+    return width * 2 ** min(level, 3)
+
+
+def add_spectral_norm(module: nn.Module) -> nn.Module:
+    """Wrap every Linear/Conv2d weight of ``module`` in spectral normalisation (in place).
+
+        W_SN = W / σ(W),   σ(W) = the largest singular value, estimated by one step of power
+                            iteration per forward pass (Miyato et al., 2018)
+
+    Every layer then has Lipschitz constant ≤ 1 and so (with 1-Lipschitz activations such as
+    LeakyReLU) has the whole network. Returns ``module``.
+    """
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            setattr(module, name, spectral_norm(child))
+        else:
+            add_spectral_norm(child)
+    return module
+
+
+def has_spectral_norm(module: nn.Module) -> bool:
+    """Whether some layer of ``module`` has a spectral-norm parametrization on its weight."""
+    from torch.nn.utils import parametrize
+
+    return any(parametrize.is_parametrized(m, "weight") and
+               any(type(p).__name__ == "_SpectralNorm" for p in m.parametrizations.weight)
+               for m in module.modules())
+
+
+class Generator(nn.Module):
+    """DCGAN generator (Radford et al., 2015): noise ``z (B, latent_dim)`` → images
+    ``(B, out_ch, S, S)`` in **[-1, 1]** (tanh output; map to [0, 1] with (x + 1) / 2).
+
+        z → linear → (8w', s0, s0) → [ConvT 4x4 stride 2 → BatchNorm → ReLU] × L → conv 3x3 → tanh
+
+    with S = s0 · 2^L (s0 = 4 for 16/32/64, 7 for 28) and the channels halving at each step up
+    to ``width`` at full resolution. BatchNorm in the generator and no pooling anywhere, as in
+    DCGAN.
+    """
+
+    def __init__(self, latent_dim: int = 64, out_ch: int = 1, image_size: int = 16,
+                 width: int = 32):
+        super().__init__()
+        for value, name in ((latent_dim, "latent_dim"), (out_ch, "out_ch"), (width, "width")):
+            _positive_int(value, name)
+        levels, side = _levels(image_size)
+        self.latent_dim, self.out_ch, self.image_size = latent_dim, out_ch, image_size
+        ch = _channels(width, levels)
+        self.start_shape = (ch, side, side)
+        self.project = nn.Sequential(nn.Linear(latent_dim, ch * side * side, bias=False),
+                                     nn.BatchNorm1d(ch * side * side), nn.ReLU())
+        layers: list[nn.Module] = []
+        for level in reversed(range(levels)):                       # side s → 2s
+            out = _channels(width, level)
+            layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(out), nn.ReLU()]
+            ch = out
+        layers += [nn.Conv2d(ch, out_ch, 3, padding=1), nn.Tanh()]  # images in [-1, 1]
+        self.net = nn.Sequential(*layers)
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """n noise vectors z ~ N(0, I): (n, latent_dim)."""
+        device = device if device is not None else next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, generator=generator).to(device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_dim) → x: (B, out_ch, S, S) in [-1, 1]."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"Generator expects noise (B, {self.latent_dim}), got {tuple(z.shape)}")
+        return self.net(self.project(z).view(len(z), *self.start_shape))
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator / critic: images ``(B, in_ch, S, S)`` in [-1, 1] → logits ``(B,)``.
+
+        x → [conv 4x4 stride 2 → LeakyReLU(0.2)] × L → flatten → linear → ℓ
+
+    Strided convolutions instead of pooling, LeakyReLU, no sigmoid (the losses take logits).
+    It has no BatchNorm: a batch statistic would mix the samples of a batch, which breaks
+    the per-sample gradient penalty of WGAN-GP. ``spectral_norm=True`` wraps every layer in
+    spectral normalisation (Miyato et al., 2018), making D 1-Lipschitz.
+    """
+
+    def __init__(self, in_ch: int = 1, image_size: int = 16, width: int = 32,
+                 spectral_norm: bool = False):
+        super().__init__()
+        for value, name in ((in_ch, "in_ch"), (width, "width")):
+            _positive_int(value, name)
+        levels, side = _levels(image_size)
+        self.in_ch, self.image_size = in_ch, image_size
+        layers: list[nn.Module] = []
+        ch = in_ch
+        for level in range(levels):                                 # side 2s → s
+            out = _channels(width, level)
+            layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch * side * side, 1)                  # ℓ = w · vec(h) + b
+        if spectral_norm:
+            add_spectral_norm(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_ch, S, S) → logits (B,)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_ch, self.image_size, self.image_size):
+            raise ValueError(f"Discriminator expects images (B, {self.in_ch}, {self.image_size}, "
+                             f"{self.image_size}), got {tuple(x.shape)}")
+        return self.head(self.features(x).flatten(1)).view(-1)
+
+
+class MLPGenerator(nn.Module):
+    """Generator for 2-D toys: z (B, latent_dim) → points (B, out_dim), no output squashing.
+
+        z → [linear → ReLU] × depth → linear
+    """
+
+    def __init__(self, latent_dim: int = 2, out_dim: int = 2, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        for value, name in ((latent_dim, "latent_dim"), (out_dim, "out_dim"), (hidden, "hidden"),
+                            (depth, "depth")):
+            _positive_int(value, name)
+        self.latent_dim = latent_dim
+        dims = [latent_dim] + [hidden] * depth
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, out_dim))
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """n noise vectors z ~ N(0, I): (n, latent_dim)."""
+        device = device if device is not None else next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, generator=generator).to(device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_dim) → x: (B, out_dim)."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"MLPGenerator expects noise (B, {self.latent_dim}), got {tuple(z.shape)}")
+        return self.net(z)
+
+
+class MLPDiscriminator(nn.Module):
+    """Discriminator / critic for 2-D toys: points (B, in_dim) → logits (B,).
+
+        x → [linear → LeakyReLU(0.2)] × depth → linear;  ``spectral_norm=True`` as in
+        :class:`Discriminator`.
+    """
+
+    def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3,
+                 spectral_norm: bool = False):
+        super().__init__()
+        for value, name in ((in_dim, "in_dim"), (hidden, "hidden"), (depth, "depth")):
+            _positive_int(value, name)
+        self.in_dim = in_dim
+        dims = [in_dim] + [hidden] * depth
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, 1))
+        if spectral_norm:
+            add_spectral_norm(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_dim) → logits (B,)."""
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"MLPDiscriminator expects points (B, {self.in_dim}), got {tuple(x.shape)}")
+        return self.net(x).view(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class GANHistory:
+    """What :func:`train_gan` returns.
+
+    d_loss, g_loss: one value per generator step (the critic's loss averaged over its
+    n_critic steps); snapshots: G's output on fixed noise every ``snapshot_every`` steps,
+    (T, n_snapshot, ...) stacked on the CPU, at ``snapshot_steps``; generator: the model to
+    sample with (the EMA copy when ``ema_decay`` was given, else G itself).
+    """
+
+    d_loss: list[float] = field(default_factory=list)
+    g_loss: list[float] = field(default_factory=list)
+    gp: list[float] = field(default_factory=list)
+    snapshot_steps: list[int] = field(default_factory=list)
+    snapshots: torch.Tensor | None = None
+    generator: nn.Module | None = None
+    seconds: float = 0.0
+
+
+def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless random batches of rows of ``data`` (a fresh shuffle every epoch)."""
+    while True:
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data) - batch_size + 1, batch_size):
+            yield data[order[start:start + batch_size]]
+
+
+def _losses(loss: str, D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+            gp_weight: float) -> tuple[torch.Tensor, float]:
+    """The discriminator's loss for one batch, and the gradient penalty (0 if unused)."""
+    real_out, fake_out = D(real), D(fake)
+    if loss == "wgan-gp":
+        gp = gradient_penalty(D, real, fake)
+        return wgan_d_loss(real_out, fake_out) + gp_weight * gp, gp.item()  # L_C + λ·GP
+    if loss == "minimax":
+        return d_loss_minimax(real_out, fake_out), 0.0
+    return d_loss_nonsaturating(real_out, fake_out), 0.0
+
+
+_G_LOSSES = {"minimax": g_loss_minimax, "nonsaturating": g_loss_nonsaturating,
+             "wgan-gp": wgan_g_loss}
+
+
+def train_gan(G: nn.Module, D: nn.Module, data: torch.Tensor, *, steps: int,
+              loss: str = "nonsaturating", batch_size: int = 64, lr_g: float = 2e-4,
+              lr_d: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), n_critic: int = 1,
+              gp_weight: float = 10.0, ema_decay: float | None = None,
+              augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              snapshot_every: int = 0, n_snapshot: int = 64, seed: int = 0,
+              device: str | torch.device | None = None, progress: bool = True) -> GANHistory:
+    """Train the pair (G, D) for ``steps`` generator steps; returns a :class:`GANHistory`.
+
+    G: a module with ``latent_dim`` and ``sample_z(n, generator, device)`` (the classes above).
+    D: returns logits/scores (B,). data: real samples (N, ...), in the range G outputs
+    ([-1, 1] for images). loss: "minimax", "nonsaturating" or "wgan-gp" (a Wasserstein critic
+    with gradient penalty weight ``gp_weight``). n_critic: discriminator steps per generator
+    step (5 is usual for WGAN-GP). lr_g, lr_d: two time-scales (TTUR: e.g. lr_d = 4e-4 >
+    lr_g = 1e-4). ema_decay: also keep an EMA of G's weights and sample with it.
+    augment: a differentiable augmentation applied to real *and* fake images before D sees them
+    (e.g. :func:`random_translate`; "DiffAugment", Zhao et al., 2020): it keeps D from
+    memorising a small training set.
+
+    One generator step:
+        repeat n_critic times:  x ~ data, z ~ N(0, I);  D ← D − lr_d ∇_D L_D(x, G(z))
+        z ~ N(0, I);  G ← G − lr_g ∇_G L_G(G(z));  EMA update
+    """
+    from tqdm.auto import tqdm
+
+    from course_lib.device import get_device
+    from course_lib.train import EMA
+
+    if loss not in _G_LOSSES:
+        raise ValueError(f"loss must be one of {tuple(_G_LOSSES)}, got {loss!r}")
+    if not isinstance(data, torch.Tensor) or len(data) < batch_size:
+        raise ValueError(f"data must be a tensor of real samples (N, ...) with N >= batch_size "
+                         f"= {batch_size}; stack a dataset first, e.g. torch.stack([x for x, _ in ds])")
+    for value, name in ((steps, "steps"), (n_critic, "n_critic"), (batch_size, "batch_size")):
+        _positive_int(value, name)
+    device = get_device(device)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    G.to(device).train()
+    D.to(device).train()
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas)
+    ema = EMA(G, ema_decay) if ema_decay is not None else None
+    sampler = ema.model if ema is not None else G
+    fixed_z = G.sample_z(n_snapshot, generator=g, device=device)
+    batches = _batches(data, batch_size, g)
+    history, frames = GANHistory(), []
+    start = time.perf_counter()
+
+    def snapshot(step: int) -> None:
+        was_training = sampler.training
+        sampler.eval()
+        with torch.no_grad():
+            frames.append(sampler(fixed_z).cpu())
+        sampler.train(was_training)
+        history.snapshot_steps.append(step)
+
+    bar = tqdm(range(1, steps + 1), desc=f"GAN ({loss})", disable=not progress, mininterval=1.0)
+    for step in bar:
+        d_total, gp_total = 0.0, 0.0
+        for _ in range(n_critic):                                   # the discriminator/critic
+            real = next(batches).to(device)
+            with torch.no_grad():
+                fake = G(G.sample_z(batch_size, generator=g, device=device))
+            if augment is not None:
+                real, fake = augment(real), augment(fake)
+            d_loss, gp = _losses(loss, D, real, fake, gp_weight)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            d_total, gp_total = d_total + d_loss.item(), gp_total + gp
+        fake = G(G.sample_z(batch_size, generator=g, device=device))  # the generator
+        if augment is not None:
+            fake = augment(fake)
+        g_loss = _G_LOSSES[loss](D(fake))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        if ema is not None:
+            ema.update(G)
+        history.d_loss.append(d_total / n_critic)
+        history.g_loss.append(g_loss.item())
+        history.gp.append(gp_total / n_critic)
+        if snapshot_every and (step % snapshot_every == 0 or step == 1):
+            snapshot(step)
+        if step % 50 == 0:
+            bar.set_postfix(d=f"{history.d_loss[-1]:.3f}", g=f"{history.g_loss[-1]:.3f}")
+    G.eval()
+    D.eval()
+    history.snapshots = torch.stack(frames) if frames else None
+    history.generator = sampler.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def random_translate(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+    """Shift each image by a random whole number of pixels in [-max_shift, max_shift] along each
+    axis, filling with the border value. x: (B, C, H, W) → (B, C, H, W). Differentiable in x
+    (it only moves pixels), so gradients flow back into the generator through it.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"random_translate expects images (B, C, H, W), got {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (b, 2), device=x.device)
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")          # (B, C, H + 2m, W + 2m)
+    rows = (torch.arange(h, device=x.device)[None, :] + max_shift + shift[:, :1])  # (B, H)
+    cols = (torch.arange(w, device=x.device)[None, :] + max_shift + shift[:, 1:])  # (B, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring a 2-D toy GAN
+# ---------------------------------------------------------------------------------------------
+
+def mode_coverage(samples: torch.Tensor, centres: torch.Tensor, std: float = 0.1,
+                  within: float = 3.0, min_fraction: float | None = None) -> dict:
+    """How many modes of a Gaussian mixture do generated 2-D points cover?
+
+    samples: (N, 2); centres: (K, 2); std: the mixture components' standard deviation.
+    A sample is *high quality* when it lies within ``within`` · std of its nearest centre;
+    a mode is *covered* when at least ``min_fraction`` of the samples (default: a quarter of
+    its fair share, 1 / (4K)) are high-quality samples of it. Returns
+    ``{"modes": covered count, "high_quality": fraction, "counts": per-mode counts}``.
+    """
+    if samples.dim() != 2 or centres.dim() != 2 or samples.shape[1] != centres.shape[1]:
+        raise ValueError(f"samples (N, D) and centres (K, D) must share D; got "
+                         f"{tuple(samples.shape)} and {tuple(centres.shape)}")
+    k = len(centres)
+    min_fraction = 1 / (4 * k) if min_fraction is None else min_fraction
+    dist = torch.cdist(samples.float(), centres.float())            # (N, K)
+    nearest_dist, nearest = dist.min(dim=1)
+    good = nearest_dist <= within * std
+    counts = torch.bincount(nearest[good], minlength=k)
+    return {"modes": int((counts >= min_fraction * len(samples)).sum()),
+            "high_quality": good.float().mean().item(),
+            "counts": counts.tolist()}
