@@ -16,7 +16,7 @@ REAL_DATA_NOTEBOOKS = ["3_generative/01_vae.ipynb", "3_generative/02_gans.ipynb"
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", REAL_DATA_NOTEBOOKS)
 def test_notebook_runs_on_mnist_files(name, tmp_path):
-    data = write_standin("mnist", tmp_path / "data", n_train=256, n_test=64)
+    data = write_standin("mnist", tmp_path / "data", n_train=600, n_test=100)
     run_notebook(ROOT / "notebooks" / name, tmp_path, smoke=True, threads=1,
                  params={"DATASET": "mnist"}, env={"COURSE_DATA_DIR": str(data)})
     saved = list((tmp_path / "outputs" / "runs").glob("*/*/samples.safetensors"))
