@@ -224,7 +224,17 @@ def has_spectral_norm(module: nn.Module) -> bool:
                for m in module.modules())
 
 
-class Generator(nn.Module):
+class _SamplesNoise:
+    """``sample_z`` for the generators, which keep their noise size in ``self.latent_dim``."""
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """n noise vectors z ~ N(0, I): (n, latent_dim)."""
+        device = device if device is not None else next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, generator=generator).to(device)
+
+
+class Generator(_SamplesNoise, nn.Module):
     """DCGAN generator (Radford et al., 2015): noise ``z (B, latent_dim)`` → images
     ``(B, out_ch, S, S)`` in **[-1, 1]** (tanh output; map to [0, 1] with (x + 1) / 2).
 
@@ -254,12 +264,6 @@ class Generator(nn.Module):
             ch = out
         layers += [nn.Conv2d(ch, out_ch, 3, padding=1), nn.Tanh()]  # images in [-1, 1]
         self.net = nn.Sequential(*layers)
-
-    def sample_z(self, n: int, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
-        """n noise vectors z ~ N(0, I): (n, latent_dim)."""
-        device = device if device is not None else next(self.parameters()).device
-        return torch.randn(n, self.latent_dim, generator=generator).to(device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, latent_dim) → x: (B, out_ch, S, S) in [-1, 1]."""
@@ -305,7 +309,7 @@ class Discriminator(nn.Module):
         return self.head(self.features(x).flatten(1)).view(-1)
 
 
-class MLPGenerator(nn.Module):
+class MLPGenerator(_SamplesNoise, nn.Module):
     """Generator for 2-D toys: z (B, latent_dim) → points (B, out_dim), no output squashing.
 
         z → [linear → ReLU] × depth → linear
@@ -322,12 +326,6 @@ class MLPGenerator(nn.Module):
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(d_in, d_out), nn.ReLU()]
         self.net = nn.Sequential(*layers, nn.Linear(hidden, out_dim))
-
-    def sample_z(self, n: int, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
-        """n noise vectors z ~ N(0, I): (n, latent_dim)."""
-        device = device if device is not None else next(self.parameters()).device
-        return torch.randn(n, self.latent_dim, generator=generator).to(device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, latent_dim) → x: (B, out_dim)."""
