@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckResult", "CheckFailure", "ReferenceCalled", "RemoteCallable", "compare_outputs",
-           "check", "call_forbidding"]
+           "check", "call_forbidding", "call_answer"]
 
 # Captured at import: later monkeypatching of these names cannot change a comparison.
 _Tensor = torch.Tensor
@@ -183,7 +183,9 @@ def call_forbidding(fn: Callable, args: tuple, forbid: Iterable[Callable] = ()) 
     return result
 
 
-def _call(fn: Callable, args: tuple, forbid: tuple) -> Any:
+def call_answer(fn: Callable, args: tuple, forbid: tuple) -> Any:
+    """The learner's ``fn(*args)`` with ``forbid`` watched, in this process or, for a
+    :class:`RemoteCallable`, in the grading sandbox where the function lives."""
     if isinstance(fn, RemoteCallable):                 # a function living in a grading sandbox
         return fn.call_forbidding(args, forbid)
     return call_forbidding(fn, args, forbid)
@@ -209,7 +211,7 @@ def check(fn: Callable, reference: Callable, make_inputs: Callable[[torch.Genera
         args = args if isinstance(args, tuple) else (args,)
         want = reference(*args)
         try:
-            got = _call(fn, args, forbid)
+            got = call_answer(fn, args, forbid)
         except NotImplementedError:
             result = CheckResult(False, f"⏳ {name} is not attempted yet: replace the "
                                  "`raise NotImplementedError` with your code", attempted=False)

@@ -3,17 +3,12 @@ mistakes with a specific message, refuse answers that call course_lib.nn.numpy_m
 grader's sandboxed re-check catches a reference call too."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import numpy as np
 import pytest
 
 from course_lib.grading import a2
 from course_lib.nn import numpy_mlp as ref
-from grading import assert_check_fails, assert_stub_not_attempted
-
-ROOT = Path(__file__).resolve().parents[1]
+from grading import assert_check_fails, assert_stub_not_attempted, grade_edited_solution
 
 
 # ----------------------------------------------------------------------------- answers
@@ -156,21 +151,12 @@ def test_the_answer_gets_numpy_arrays_and_may_return_a_numpy_scalar_loss():
 def test_sandboxed_recheck_catches_a_call_to_numpy_mlp(tmp_path, monkeypatch):
     """Part 2 calls the reference through an alias: the re-check (a separate, sandboxed process)
     must notice, so Part 2 scores 0 and the submission is flagged; the other parts keep their points."""
-    from course_lib.grading.course import Course
-    from course_lib.grading.pipeline import REVIEW, Grader, Settings
+    from course_lib.grading.pipeline import REVIEW
 
-    monkeypatch.setenv("COURSE_GRADING_WORKSPACE", str(tmp_path / "workspace"))
-    course = Course.load(ROOT)
-    nb = nbformat.read(ROOT / "solutions" / "a2_backprop" / "a2_backprop.ipynb", as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "p2_answer":
-            cell.source = ("from course_lib.nn import numpy_mlp as helpers\n\n"
-                           "def relu_backward(dA, Z):\n"
-                           "    return helpers.relu_backward(dA, Z)\n")
-    dest = course.submitted("cheater", "a2_backprop")
-    dest.mkdir(parents=True)
-    nbformat.write(nb, dest / "a2_backprop.ipynb")
-    (outcome,) = Grader(course, "a2_backprop", Settings(jobs=1)).run(["cheater"])
+    source = ("from course_lib.nn import numpy_mlp as helpers\n\n"
+              "def relu_backward(dA, Z):\n"
+              "    return helpers.relu_backward(dA, Z)\n")
+    outcome = grade_edited_solution("a2_backprop", "p2_answer", source, tmp_path, monkeypatch)
     assert outcome.parts["p2_visible"] == 0 and outcome.parts["p2_hidden"] == 0, outcome.parts
     # Part 4 uses the learner's relu_backward, which calls the reference: no points there either
     assert outcome.parts["p4_visible"] == 0 and outcome.parts["p4_hidden"] == 0, outcome.parts

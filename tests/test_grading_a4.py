@@ -3,9 +3,6 @@ with a specific hint, refuse answers that call course_lib.vae, and the grader's 
 re-check catches a reference call too."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,9 +10,7 @@ import torch.nn.functional as F
 from course_lib import vae as ref
 from course_lib.checks import CheckFailure, RemoteCallable
 from course_lib.grading import a4
-from grading import assert_check_fails, assert_stub_not_attempted
-
-ROOT = Path(__file__).resolve().parents[1]
+from grading import assert_check_fails, assert_stub_not_attempted, grade_edited_solution
 
 
 # ----------------------------------------------------------------------------- answers
@@ -230,21 +225,12 @@ def test_sandboxed_recheck_catches_a_call_to_the_vae_reference(tmp_path, monkeyp
     """Part 2 calls the reference through an alias: the re-check (a separate, sandboxed process)
     must notice, so Part 2 scores 0 and the submission is flagged; Part 4 calls the learner's
     gaussian_kl, so it scores 0 too; Parts 1 and 3 keep their points."""
-    from course_lib.grading.course import Course
-    from course_lib.grading.pipeline import REVIEW, Grader, Settings
+    from course_lib.grading.pipeline import REVIEW
 
-    monkeypatch.setenv("COURSE_GRADING_WORKSPACE", str(tmp_path / "workspace"))
-    course = Course.load(ROOT)
-    nb = nbformat.read(ROOT / "solutions" / "a4_vae" / "a4_vae.ipynb", as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "p2_answer":
-            cell.source = ("import course_lib.vae as helpers\n\n"
-                           "def gaussian_kl(mu, logvar):\n"
-                           "    return helpers.gaussian_kl(mu, logvar)\n")
-    dest = course.submitted("cheater", "a4_vae")
-    dest.mkdir(parents=True)
-    nbformat.write(nb, dest / "a4_vae.ipynb")
-    (outcome,) = Grader(course, "a4_vae", Settings(jobs=1)).run(["cheater"])
+    source = ("import course_lib.vae as helpers\n\n"
+              "def gaussian_kl(mu, logvar):\n"
+              "    return helpers.gaussian_kl(mu, logvar)\n")
+    outcome = grade_edited_solution("a4_vae", "p2_answer", source, tmp_path, monkeypatch)
     assert outcome.parts["p2_visible"] == 0 and outcome.parts["p2_hidden"] == 0, outcome.parts
     assert outcome.parts["p4_visible"] == 0 and outcome.parts["p4_hidden"] == 0, outcome.parts
     assert outcome.score == outcome.max_score - 3 - 4, outcome.parts

@@ -5,18 +5,14 @@ reference call too."""
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 
 from course_lib import gan as ref
 from course_lib.grading import a5
-from grading import assert_check_fails, assert_stub_not_attempted
-
-ROOT = Path(__file__).resolve().parents[1]
+from grading import assert_check_fails, assert_stub_not_attempted, grade_edited_solution
 
 
 # ----------------------------------------------------------------------------- answers
@@ -256,22 +252,13 @@ def test_sandboxed_recheck_catches_a_call_to_the_gan_reference(tmp_path, monkeyp
     """Part 4 calls the reference through an alias: the re-check (a separate, sandboxed process,
     which gets the test critic by pickle) must notice, so Part 4 scores 0 and the submission is
     flagged; Part 5 uses the learner's gradient_penalty, so it scores 0 too."""
-    from course_lib.grading.course import Course
-    from course_lib.grading.pipeline import REVIEW, Grader, Settings
+    from course_lib.grading.pipeline import REVIEW
 
-    monkeypatch.setenv("COURSE_GRADING_WORKSPACE", str(tmp_path / "workspace"))
-    course = Course.load(ROOT)
-    nb = nbformat.read(ROOT / "solutions" / "a5_gan_losses" / "a5_gan_losses.ipynb", as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "p4_answer":
-            cell.source = ("from course_lib import gan as helpers\n\n"
-                           "def gradient_penalty(critic, real, fake, alpha):\n"
-                           "    a = alpha.view(-1, *[1] * (real.dim() - 1))\n"
-                           "    return helpers.gradient_penalty(critic, real, fake, a)\n")
-    dest = course.submitted("cheater", "a5_gan_losses")
-    dest.mkdir(parents=True)
-    nbformat.write(nb, dest / "a5_gan_losses.ipynb")
-    (outcome,) = Grader(course, "a5_gan_losses", Settings(jobs=1)).run(["cheater"])
+    source = ("from course_lib import gan as helpers\n\n"
+              "def gradient_penalty(critic, real, fake, alpha):\n"
+              "    a = alpha.view(-1, *[1] * (real.dim() - 1))\n"
+              "    return helpers.gradient_penalty(critic, real, fake, a)\n")
+    outcome = grade_edited_solution("a5_gan_losses", "p4_answer", source, tmp_path, monkeypatch)
     assert outcome.parts["p4_visible"] == 0 and outcome.parts["p4_hidden"] == 0, outcome.parts
     assert outcome.parts["p5_visible"] == 0 and outcome.parts["p5_hidden"] == 0, outcome.parts
     assert outcome.score == outcome.max_score - 4 - 2, outcome.parts

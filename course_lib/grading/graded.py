@@ -12,8 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from course_lib.checks import (CheckFailure, RemoteCallable, call_forbidding, check,
-                               compare_outputs)
+from course_lib.checks import CheckFailure, call_answer, check, compare_outputs
 from course_lib.grading import guard
 
 __all__ = ["graded_check", "hinted_check", "Mistake"]
@@ -39,12 +38,6 @@ def graded_check(fn: Callable, reference: Callable, make_inputs: Callable, *, na
 
 
 # ----------------------------------------------------------------------------- hints
-def _learner_call(fn: Callable, args: tuple, forbid: tuple):
-    if isinstance(fn, RemoteCallable):          # the grader's re-check: fn lives in a sandbox
-        return fn.call_forbidding(args, forbid)
-    return call_forbidding(fn, args, forbid)
-
-
 def _diagnose(fn: Callable, reference: Callable, make_inputs: Callable, *, trials: int, seed: int,
               forbid: tuple, mistakes: Sequence[Mistake], error_hints: Sequence[tuple[str, str]],
               random_hint: str | None, atol: float, rtol: float) -> str | None:
@@ -56,7 +49,7 @@ def _diagnose(fn: Callable, reference: Callable, make_inputs: Callable, *, trial
         args = args if isinstance(args, tuple) else (args,)
         want = reference(*args)
         try:
-            got = _learner_call(fn, args, forbid)
+            got = call_answer(fn, args, forbid)
         except Exception as exc:                              # noqa: BLE001 (the learner's error)
             text = f"{type(exc).__name__}: {exc}"
             return next((hint for words, hint in error_hints if words in text), None)
@@ -74,7 +67,7 @@ def _diagnose(fn: Callable, reference: Callable, make_inputs: Callable, *, trial
         if random_hint is None:
             return None
         try:
-            again = _learner_call(fn, args, forbid)
+            again = call_answer(fn, args, forbid)
         except Exception:                                     # noqa: BLE001
             return None
         return random_hint if compare_outputs(got, again, 0.0, 0.0) is not None else None
