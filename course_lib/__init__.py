@@ -8,7 +8,7 @@ from course_lib.device import get_device, seed_everything
 
 __version__ = "0.1.0"
 _SUBMODULES = {"advanced_gan", "artifacts", "captioning", "checks", "clip", "config", "data", "device",
-               "eval_metrics", "flows", "foundations", "gan", "judges", "metrics", "nn", "text",
+               "diffusion", "eval_metrics", "flows", "foundations", "gan", "judges", "metrics", "nn", "text",
                "train", "vae", "viz"}
 
 
