@@ -34,7 +34,12 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(_groups(channels, 32), channels)
+    """GroupNorm with at least 4 channels per group (at most 32 groups, as in DDPM).
+
+    Not one channel per group: the step embedding is added to h as one constant per channel,
+    and a group of one channel would subtract that constant again, hiding t from the network.
+    """
+    return nn.GroupNorm(_groups(channels, max(1, min(32, channels // 4))), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
