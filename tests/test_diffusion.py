@@ -219,8 +219,7 @@ def test_our_ddim_equals_diffusers_ddim():
     model = _ToyEps(200)
     ours = sample(model, (3, 1, 4, 4), sched, steps=10, eta=0.0, clip_x0=False, generator=_gen(5),
                   progress=False)
-    scheduler = diffusers_scheduler("ddim", sched, timestep_spacing="trailing", set_alpha_to_one=True,
-                                    clip_sample=False)
+    scheduler = diffusers_scheduler("ddim", sched, clip_sample=False)
     torch.testing.assert_close(scheduler.betas.float(), sched.betas)
     theirs = sample_with_scheduler(model, scheduler, (3, 1, 4, 4), 10, generator=_gen(5), progress=False)
     assert [int(t) for t in scheduler.timesteps] == ddim_timesteps(10, 200)

@@ -34,6 +34,9 @@ def diffusers_scheduler(name: str, schedule: NoiseSchedule, **kwargs):
                   prediction_type="epsilon")
     if name in ("ddpm", "ddim"):
         config["clip_sample"] = kwargs.pop("clip_sample", True)
+    if name == "ddim":  # the course's DDIM: start at T - 1, end on the data (a_bar = 1)
+        config["timestep_spacing"] = kwargs.pop("timestep_spacing", "trailing")
+        config["set_alpha_to_one"] = kwargs.pop("set_alpha_to_one", True)
     if name == "pndm":
         config["skip_prk_steps"] = True
     return classes[name](**config, **kwargs)
