@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -192,6 +192,19 @@ def call_answer(fn: Callable, args: tuple, forbid: tuple) -> Any:
 
 
 # ----------------------------------------------------------------------------- check
+def trial_inputs(reference: Callable, make_inputs: Callable[[torch.Generator], tuple], trials: int,
+                 seed: int) -> Iterator[tuple[tuple, Any]]:
+    """``(args, reference(*args))`` for ``trials`` inputs drawn by ``make_inputs`` from one seeded generator.
+
+    :func:`check` and the graded hints replay the same sequence, so a hint speaks of the input
+    the check failed on."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(trials):
+        args = make_inputs(gen)
+        args = args if isinstance(args, tuple) else (args,)
+        yield args, reference(*args)
+
+
 def check(fn: Callable, reference: Callable, make_inputs: Callable[[torch.Generator], tuple],
           trials: int = 3, seed: int = 1234, atol: float = 1e-5, rtol: float = 1e-4,
           verbose: bool = True, *, raise_on_fail: bool = False, forbid: Iterable[Callable] = (),
@@ -204,12 +217,8 @@ def check(fn: Callable, reference: Callable, make_inputs: Callable[[torch.Genera
     """
     name = name or getattr(fn, "__name__", "your function")
     forbid = tuple(forbid)
-    gen = torch.Generator().manual_seed(seed)
     result = CheckResult(True, f"✅ {name} matches the reference on {trials} random inputs")
-    for _ in range(trials):
-        args = make_inputs(gen)
-        args = args if isinstance(args, tuple) else (args,)
-        want = reference(*args)
+    for args, want in trial_inputs(reference, make_inputs, trials, seed):
         try:
             got = call_answer(fn, args, forbid)
         except NotImplementedError:

@@ -114,6 +114,11 @@ def ddim_timesteps(steps: int, T: int) -> list[int]:
     return [round(T - 1 - i * T / steps) for i in range(steps)]
 
 
+def cfg_combine(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:
+    """The classifier-free guidance mix  eps = eps_u + s (eps_c - eps_u)  (s = 1: eps_c)."""
+    return eps_u + scale * (eps_c - eps_u)
+
+
 def guided_eps(model: Callable, x: Tensor, t: Tensor, cond: Mapping | None = None,
                uncond: Mapping | None = None, guidance_scale: float = 1.0) -> Tensor:
     """Classifier-free guidance: eps = eps_u + s * (eps_c - eps_u), one batched model call.
@@ -129,7 +134,7 @@ def guided_eps(model: Callable, x: Tensor, t: Tensor, cond: Mapping | None = Non
         raise ValueError(f"cond and uncond must name the same inputs, got {sorted(cond)} and {sorted(uncond)}")
     both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
     eps_u, eps_c = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-    return eps_u + guidance_scale * (eps_c - eps_u)
+    return cfg_combine(eps_u, eps_c, guidance_scale)
 
 
 def classifier_guided_eps(eps: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule,

@@ -23,7 +23,6 @@ resolves such a custom module from ``sys.modules``, so import this module before
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -34,9 +33,9 @@ from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, Mod
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from course_lib.clip import GRAMMAR_WORDS, CaptionTokenizer, TextEncoder
-from course_lib.diffusion.ddpm import guided_eps
 from course_lib.diffusion.latent import LatentAutoencoder
 from course_lib.diffusion.schedule import NoiseSchedule
+from course_lib.diffusion.schedulers import diffusers_scheduler, sample_with_scheduler
 from course_lib.diffusion.text2image import TextToImage
 from course_lib.diffusion.unet import UNet
 
@@ -113,9 +112,7 @@ class CourseTextEncoderModel(ModelMixin, ConfigMixin):
 
 def ddim_scheduler(schedule: NoiseSchedule) -> DDIMScheduler:
     """`diffusers`' DDIM set up to equal the course's ``ddim_step`` (our betas, trailing steps, no clipping)."""
-    return DDIMScheduler(num_train_timesteps=schedule.T, trained_betas=schedule.betas.double().tolist(),
-                         prediction_type="epsilon", timestep_spacing="trailing", set_alpha_to_one=True,
-                         clip_sample=False)
+    return diffusers_scheduler("ddim", schedule, clip_sample=False)
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -162,15 +159,10 @@ class CourseTextToImagePipeline(DiffusionPipeline):
 
         s = image_size // self.vae.net.factor
         shape = (len(prompts), self.vae.config.latent_ch, s, s)
-        self.scheduler.set_timesteps(num_inference_steps)
-        latents = torch.randn(shape, generator=generator).to(device) * self.scheduler.init_noise_sigma
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if takes_generator else {}
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x_in = self.scheduler.scale_model_input(latents, t)
-            tt = t.to(device).expand(shape[0])
-            eps = guided_eps(self.unet, x_in, tt, cond, uncond, guidance_scale)   # eps_u + s (eps_c - eps_u)
-            latents = self.scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+        # the loop every diffusers pipeline runs, with eps = eps_neg + s (eps_text - eps_neg)
+        latents = sample_with_scheduler(self.unet, self.scheduler, shape, num_inference_steps, cond=cond,
+                                        uncond=uncond, guidance_scale=guidance_scale, generator=generator,
+                                        device=device)
 
         images = self.vae.decode(latents / self.vae.config.scaling_factor)      # x = decode(z / scale)
         images = ((images + 1) / 2).clamp(0, 1)                                # [-1, 1] -> [0, 1]

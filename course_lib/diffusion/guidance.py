@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from course_lib.diffusion.ddpm import classifier_guided_eps, ddpm_loss, sample
+from course_lib.diffusion.ddpm import cfg_combine, classifier_guided_eps, ddpm_loss, sample
 from course_lib.diffusion.schedule import NoiseSchedule, q_sample
 from course_lib.diffusion.unet import ResBlock, timestep_embedding
 
@@ -93,11 +93,6 @@ def cfg_sample(model: nn.Module, labels: Tensor, schedule: NoiseSchedule, guidan
     return sample(model, (labels.shape[0], C, H, W), schedule, steps=steps, cond={"y": labels},
                   uncond=uncond, guidance_scale=guidance_scale, generator=generator,
                   progress=progress, **kwargs)
-
-
-def cfg_combine(eps_u: Tensor, eps_c: Tensor, scale: float) -> Tensor:
-    """The classifier-free guidance mix  eps = eps_u + s (eps_c - eps_u)  (s = 1: eps_c)."""
-    return eps_u + scale * (eps_c - eps_u)
 
 
 def guidance_convention_report(fn: Callable[[Tensor, Tensor, float], Tensor]) -> str:

@@ -26,6 +26,7 @@ from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
 from course_lib.diffusion.ddpm import ddpm_loss, sample
 from course_lib.diffusion.latent import LatentAutoencoder
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
+from course_lib.diffusion.schedulers import sample_with_scheduler
 from course_lib.diffusion.unet import UNet
 
 __all__ = ["PLACEHOLDER", "ATTRS", "make_tokenizer", "partial_caption", "training_captions",
@@ -180,7 +181,6 @@ class TextToImage(nn.Module):
                        guidance_scale=guidance_scale, generator=generator, device=self.device,
                        clip_x0=False, progress=progress)
         else:
-            from course_lib.diffusion.schedulers import sample_with_scheduler
             z = sample_with_scheduler(self.unet, scheduler, shape, steps, cond=cond, uncond=uncond,
                                       guidance_scale=guidance_scale, generator=generator,
                                       device=self.device, progress=progress)

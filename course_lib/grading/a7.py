@@ -138,6 +138,9 @@ def _ddim_naive_wrap(eps, x, t, t_prev, sch, eta, noise):
                  clamp=False)
 
 
+_SIGMA_FACTOR_HINT = ("sigma is missing a factor: sigma = eta * sqrt((1 - a_bar_prev) / (1 - a_bar_t)) * "
+                      "sqrt(1 - a_bar_t / a_bar_prev)")
+
 _LAST_STEP_HINT = ("at the last step t_prev = -1 means \"the data\": alpha_bar_prev = 1 there "
                    "(alphas_cumprod[-1] is Python's LAST entry, the noisiest step)")
 _DDIM_MISTAKES = [
@@ -157,11 +160,9 @@ _DDIM_MISTAKES = [
      "the first term is sqrt(alpha_bar_prev) * x0_hat, the predicted clean image "
      "(x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), not x_t"),
     (lambda *a: _ddim(*a, sigma="no_first"),
-     "sigma is missing a factor: sigma = eta * sqrt((1 - a_bar_prev) / (1 - a_bar_t)) * "
-     "sqrt(1 - a_bar_t / a_bar_prev)"),
+     _SIGMA_FACTOR_HINT),
     (lambda *a: _ddim(*a, sigma="no_second"),
-     "sigma is missing a factor: sigma = eta * sqrt((1 - a_bar_prev) / (1 - a_bar_t)) * "
-     "sqrt(1 - a_bar_t / a_bar_prev)"),
+     _SIGMA_FACTOR_HINT),
     (lambda *a: _ddim(*a, sigma="squared"),
      "that is sigma^2: take the square root, sigma = eta * sqrt((1 - a_bar_prev) / "
      "(1 - a_bar_t) * (1 - a_bar_t / a_bar_prev))"),

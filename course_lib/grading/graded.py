@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-import torch
-
-from course_lib.checks import CheckFailure, call_answer, check, compare_outputs
+from course_lib.checks import CheckFailure, call_answer, check, compare_outputs, trial_inputs
 from course_lib.grading import guard
 
 __all__ = ["graded_check", "hinted_check", "Mistake"]
@@ -43,11 +41,7 @@ def _diagnose(fn: Callable, reference: Callable, make_inputs: Callable, *, trial
               random_hint: str | None, atol: float, rtol: float) -> str | None:
     """Replay the check's inputs; on the first one the answer gets wrong, say which classic
     mistake the answer reproduces (if any)."""
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(trials):
-        args = make_inputs(gen)
-        args = args if isinstance(args, tuple) else (args,)
-        want = reference(*args)
+    for args, want in trial_inputs(reference, make_inputs, trials, seed):
         try:
             got = call_answer(fn, args, forbid)
         except Exception as exc:                              # noqa: BLE001 (the learner's error)
