@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_timesteps, ddpm_loss,
-                                       guided_eps, predict_x0, reverse_step, sample)
+                                       eps_from_v, guided_eps, predict_x0, reverse_step, sample, v_target)
 from course_lib.diffusion.schedule import (NoiseSchedule, cosine_betas, linear_betas, q_sample,
                                            to_image_range, to_model_range)
 from course_lib.diffusion.unet import UNet, count_parameters, timestep_embedding
@@ -118,6 +118,45 @@ def test_ddpm_loss_is_zero_for_the_oracle_and_uses_every_t():
     seen = []
     ddpm_loss(lambda xt, tt: seen.append(tt) or xt, x0.repeat(100, 1, 1, 1), sched, generator=_gen())
     assert seen[0].min() >= 0 and seen[0].max() < 100 and seen[0].unique().numel() > 50
+
+
+def test_v_prediction_target_conversion_and_loss_weights():
+    sched = NoiseSchedule.make("cosine", 100)
+    x0, noise = torch.rand(6, 1, 4, 4, generator=_gen()) * 2 - 1, torch.randn(6, 1, 4, 4, generator=_gen(1))
+    t = torch.tensor([0, 10, 40, 70, 90, 99])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = v_target(x0, noise, t, sched)
+    torch.testing.assert_close(v, a.sqrt() * noise - (1 - a).sqrt() * x0)          # the definition
+    xt = q_sample(x0, t, noise, sched)
+    torch.testing.assert_close(eps_from_v(v, xt, t, sched), noise, atol=1e-5, rtol=0)  # exact v gives exact eps
+    # the oracle has zero loss; an eps-predicting oracle does not under prediction="v"
+    assert ddpm_loss(lambda x, tt: v, x0, sched, t=t, noise=noise, prediction="v").item() < 1e-12
+    assert ddpm_loss(lambda x, tt: noise, x0, sched, t=t, noise=noise, prediction="v").item() > 0.1
+    # through x0_hat: |v_hat - v|^2 = (1 + SNR) |x0_hat - x0|^2 while |eps_hat - eps|^2 = SNR |x0_hat - x0|^2
+    err = torch.randn(6, 1, 4, 4, generator=_gen(2)) * 0.1
+    x0_from_v = a.sqrt() * xt - (1 - a).sqrt() * (v + err)
+    snr = (a / (1 - a)).flatten()
+    ratio = (err ** 2).flatten(1).sum(1) / ((x0_from_v - x0) ** 2).flatten(1).sum(1)
+    torch.testing.assert_close(ratio, 1 + snr, rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="prediction"):
+        ddpm_loss(lambda x, tt: x, x0, sched, prediction="x0")
+
+
+def test_sample_with_v_prediction_equals_the_eps_model():
+    sched = NoiseSchedule.make("linear", 50)
+    eps_model = _ToyEps(50)
+
+    def v_model(x, t, y=None):   # the same denoiser written as a v-predictor: v = (eps - sqrt(1 - a) x_t) / sqrt(a)
+        a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (eps_model(x, t, y) - (1 - a).sqrt() * x) / a.sqrt()
+
+    x_T, y = torch.randn(4, 1, 4, 4, generator=_gen()), torch.tensor([0, 1, 2, 3])
+    kw = dict(steps=10, x_T=x_T, cond={"y": y}, uncond={"y": torch.zeros_like(y)}, guidance_scale=2.0, progress=False)
+    want = sample(eps_model, (4, 1, 4, 4), sched, **kw)
+    torch.testing.assert_close(sample(v_model, (4, 1, 4, 4), sched, prediction="v", **kw), want, atol=1e-4, rtol=0)
+    assert (sample(v_model, (4, 1, 4, 4), sched, **kw) - want).abs().max() > 1e-2     # v read as eps is wrong
+    with pytest.raises(ValueError, match="prediction"):
+        sample(eps_model, (4, 1, 4, 4), sched, prediction="x", **kw)
 
 
 # --------------------------------------------------------------------------- reverse process

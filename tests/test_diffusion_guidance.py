@@ -72,6 +72,10 @@ def test_cfg_loss_drops_labels_at_the_rate_and_rejects_the_null_label():
     assert model.b.grad[3] != 0                                # the null embedding is trained too
     with pytest.raises(ValueError, match="null label"):
         G.cfg_loss(model, x0[:2], torch.tensor([0, 3]), s)
+    # prediction="v" reaches the DDPM loss: the same draws give a different target
+    losses = [G.cfg_loss(model, x0[:64], y[:64], s, generator=torch.Generator().manual_seed(1), prediction=p).item()
+              for p in ("eps", "v")]
+    assert abs(losses[0] - losses[1]) > 1e-3
 
 
 # ----------------------------------------------------------------------------- classifier-free guidance

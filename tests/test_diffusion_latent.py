@@ -75,6 +75,23 @@ def test_loss_terms(ae):
     assert ae.loss(x)[1]["kl"] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_foreground_weight_counts_object_pixels_more(ae):
+    x = -torch.ones(2, 3, 8, 8)
+    x[:, 0, 2:4, 2:4] = 0.5                                        # a 2x2 red object on black
+    torch.manual_seed(0)
+    plain = ae.loss(x)[1]["recon"]
+    torch.manual_seed(0)
+    mean, logvar = ae.moments(x)
+    err = (ae.decode(mean + torch.randn_like(mean) * (0.5 * logvar).exp()) - x) ** 2
+    assert plain == pytest.approx(err.mean().item(), rel=1e-5)
+    w = torch.ones(2, 1, 8, 8)
+    w[:, :, 2:4, 2:4] = 11
+    torch.manual_seed(0)
+    assert ae.loss(x, foreground_weight=10.0)[1]["recon"] == pytest.approx((w * err).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        ae.loss(x, foreground_weight=-1.0)
+
+
 def test_gradients_reach_encoder_and_decoder(ae):
     ae.loss(torch.rand(2, 3, 8, 8) * 2 - 1)[0].backward()
     assert ae.encoder[0][0].weight.grad.abs().sum() > 0

@@ -60,11 +60,12 @@ def drop_condition(y: Tensor, p: float, null_label: int, u: Tensor | None = None
 
 
 def cfg_loss(model: nn.Module, x0: Tensor, y: Tensor, schedule: NoiseSchedule, p_uncond: float = 0.15,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, prediction: str = "eps") -> Tensor:
     """The DDPM loss of a label-conditioned U-Net with condition dropout (a scalar).
 
     x0: (B, C, H, W) in [-1, 1]; y: (B,) labels in [0, num_classes). A fraction p_uncond of the
     labels is replaced by ``model.null_label``, so the same network also learns eps(x_t, t, null).
+    prediction: "eps" or "v" (see ``ddpm_loss``).
     """
     null = model.null_label
     y = torch.as_tensor(y, device=x0.device).long()
@@ -73,7 +74,7 @@ def cfg_loss(model: nn.Module, x0: Tensor, y: Tensor, schedule: NoiseSchedule, p
     if int(y.min()) < 0 or int(y.max()) >= null:
         raise ValueError(f"labels must be in [0, {null - 1}] (label {null} is the null label)")
     y = drop_condition(y, p_uncond, null, generator=generator)
-    return ddpm_loss(model, x0, schedule, cond={"y": y}, generator=generator)
+    return ddpm_loss(model, x0, schedule, cond={"y": y}, generator=generator, prediction=prediction)
 
 
 @torch.no_grad()
