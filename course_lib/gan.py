@@ -225,13 +225,20 @@ def has_spectral_norm(module: nn.Module) -> bool:
 
 
 class _SamplesNoise:
-    """``sample_z`` for the generators, which keep their noise size in ``self.latent_dim``."""
+    """``sample_z`` for the generators, which keep their noise size in ``self.latent_dim`` (and,
+    with a mixture prior, its component means in the buffer ``prior_means``)."""
 
     def sample_z(self, n: int, generator: torch.Generator | None = None,
                  device: torch.device | str | None = None) -> torch.Tensor:
-        """n noise vectors z ~ N(0, I): (n, latent_dim)."""
+        """n noise vectors (n, latent_dim): z ~ N(0, I), or from the mixture prior
+        z = mu_k + prior_std * eps with k uniform over the components and eps ~ N(0, I)."""
         device = device if device is not None else next(self.parameters()).device
-        return torch.randn(n, self.latent_dim, generator=generator).to(device)
+        means = getattr(self, "prior_means", None)
+        if means is None:
+            return torch.randn(n, self.latent_dim, generator=generator).to(device)
+        k = torch.randint(0, len(means), (n,), generator=generator)
+        eps = torch.randn(n, self.latent_dim, generator=generator)
+        return (means.cpu()[k] + self.prior_std * eps).to(device)
 
 
 class Generator(_SamplesNoise, nn.Module):
@@ -243,13 +250,28 @@ class Generator(_SamplesNoise, nn.Module):
     with S = s0 · 2^L (s0 = 4 for 16/32/64, 7 for 28) and the channels halving at each step up
     to ``width`` at full resolution. BatchNorm in the generator and no pooling anywhere, as in
     DCGAN.
+
+    prior_components K > 0 replaces the N(0, I) noise by a mixture of K Gaussians with fixed
+    random means mu_k ~ N(0, I) (drawn from ``prior_seed``) and standard deviation ``prior_std``:
+    z = mu_k + prior_std * eps. On a small data set of a few distinct kinds (digits) the
+    generator can give each kind its own components, so fewer samples land between two kinds
+    (Gurumurthy et al., 2017, "DeLiGAN", learn the means too).
     """
 
     def __init__(self, latent_dim: int = 64, out_ch: int = 1, image_size: int = 16,
-                 width: int = 32):
+                 width: int = 32, prior_components: int = 0, prior_std: float = 0.5,
+                 prior_seed: int = 0):
         super().__init__()
         for value, name in ((latent_dim, "latent_dim"), (out_ch, "out_ch"), (width, "width")):
             _positive_int(value, name)
+        if not isinstance(prior_components, int) or prior_components < 0:
+            raise ValueError(f"prior_components must be an int >= 0 (0: z ~ N(0, I)), got {prior_components!r}")
+        if not prior_std > 0:
+            raise ValueError(f"prior_std must be > 0, got {prior_std!r}")
+        if prior_components:
+            means = torch.randn(prior_components, latent_dim, generator=torch.Generator().manual_seed(prior_seed))
+            self.register_buffer("prior_means", means)                 # (K, latent_dim), saved with the weights
+            self.prior_std = float(prior_std)
         levels, side = _levels(image_size)
         self.latent_dim, self.out_ch, self.image_size = latent_dim, out_ch, image_size
         ch = _channels(width, levels)

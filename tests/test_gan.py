@@ -2,6 +2,7 @@
 the gradient penalty, the DCGAN/MLP networks, spectral norm and the training loop."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -119,6 +120,27 @@ def test_dcgan_layers_follow_the_recipe():
     assert all(m.stride == (2, 2) for m in D.modules() if isinstance(m, torch.nn.Conv2d))
     with pytest.raises(ValueError, match="image_size"):
         Generator(16, 1, 6, 8)
+
+
+def test_mixture_prior_samples_around_fixed_means_and_travels_with_the_weights():
+    plain = Generator(16, 1, 16, 8)
+    want = torch.randn(6, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain.sample_z(6, generator=torch.Generator().manual_seed(3)), want)   # default: N(0, I)
+    G = Generator(16, 1, 16, 8, prior_components=5, prior_std=0.1, prior_seed=7)
+    means = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(G.prior_means, means) and "prior_means" in G.state_dict()
+    z = G.sample_z(2000, generator=torch.Generator().manual_seed(0))
+    d = torch.cdist(z, means)                                    # (2000, 5)
+    nearest = d.min(1)
+    # each z sits at about prior_std * sqrt(16) = 0.4 from its own mean, far from the others (~ sqrt(32))
+    assert nearest.values.mean().item() == pytest.approx(0.1 * math.sqrt(16), rel=0.1)
+    assert torch.bincount(nearest.indices, minlength=5).min() > 300          # every component is used
+    same = G.sample_z(4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(same, G.sample_z(4, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(copy.deepcopy(G).sample_z(4, generator=torch.Generator().manual_seed(1)), same)   # an EMA copy
+    for bad in ({"prior_components": -1}, {"prior_components": 2.5}, {"prior_components": 3, "prior_std": 0.0}):
+        with pytest.raises(ValueError, match="prior"):
+            Generator(16, 1, 16, 8, **bad)
 
 
 def test_mlp_networks_shapes():
