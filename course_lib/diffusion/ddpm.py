@@ -33,10 +33,9 @@ VARIANCES = ("beta", "posterior")
 PREDICTIONS = ("eps", "v")
 
 
-def _check_prediction(prediction: str) -> str:
+def _check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    return prediction
 
 
 def v_target(x0: Tensor, noise: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:

@@ -34,7 +34,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from course_lib.clip import GRAMMAR_WORDS, CaptionTokenizer, TextEncoder
 from course_lib.diffusion.latent import LatentAutoencoder
-from course_lib.diffusion.schedule import NoiseSchedule
+from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import diffusers_scheduler, sample_with_scheduler
 from course_lib.diffusion.text2image import TextToImage
 from course_lib.diffusion.unet import UNet
@@ -157,15 +157,14 @@ class CourseTextToImagePipeline(DiffusionPipeline):
         cond = {"encoder_hidden_states": context, "encoder_attention_mask": mask}
         uncond = {"encoder_hidden_states": neg_context, "encoder_attention_mask": neg_mask}
 
-        s = image_size // self.vae.net.factor
-        shape = (len(prompts), self.vae.config.latent_ch, s, s)
+        shape = (len(prompts), *self.vae.net.latent_shape(image_size))
         # the loop every diffusers pipeline runs, with eps = eps_neg + s (eps_text - eps_neg)
         latents = sample_with_scheduler(self.unet, self.scheduler, shape, num_inference_steps, cond=cond,
                                         uncond=uncond, guidance_scale=guidance_scale, generator=generator,
                                         device=device)
 
         images = self.vae.decode(latents / self.vae.config.scaling_factor)      # x = decode(z / scale)
-        images = ((images + 1) / 2).clamp(0, 1)                                # [-1, 1] -> [0, 1]
+        images = to_image_range(images)                                        # [-1, 1] -> [0, 1]
         if output_type == "pt":
             out = images.cpu()
         else:

@@ -16,7 +16,6 @@ the noise they are mixed with; decode with ``z / scale``:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.nn.layers import _groups
@@ -100,11 +99,8 @@ class LatentAutoencoder(nn.Module):
             raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}")
         mean, logvar = self.moments(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        if foreground_weight:
-            w = 1 + foreground_weight * (x.amax(dim=1, keepdim=True) > -0.9).to(x)   # (B, 1, S, S)
-            rec = (w * (self.decode(z) - x) ** 2).mean()
-        else:
-            rec = F.mse_loss(self.decode(z), x)
+        w = 1 + foreground_weight * (x.amax(dim=1, keepdim=True) > -0.9).to(x)   # (B, 1, S, S); 1 when w = 0
+        rec = (w * (self.decode(z) - x) ** 2).mean()
         kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()   # KL(N(m, s^2) || N(0, 1)) per number
         return rec + self.kl_weight * kl, {"recon": rec.item(), "kl": kl.item()}
 

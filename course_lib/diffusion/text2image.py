@@ -119,8 +119,7 @@ class TextToImage(nn.Module):
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         """(latent_ch, s, s) of the latents of an image_size x image_size image."""
-        s = image_size // self.autoencoder.factor
-        return (self.autoencoder.latent_ch, s, s)
+        return self.autoencoder.latent_shape(image_size)
 
     def encode_prompt(self, prompts: str | Sequence[str]) -> tuple[Tensor, Tensor]:
         """Strings -> (context (B, T, D), context_mask (B, T) bool, True at real tokens)."""
