@@ -85,7 +85,8 @@ class Config:
         return smoke if self.smoke else full
 
     def __str__(self) -> str:
-        mode = "smoke (tiny sizes, seconds)" if self.smoke else "full (real training)"
+        mode = ("smoke (tiny sizes, seconds: models barely train, so samples look like noise)" if self.smoke
+                else "full (real training)")
         return f"mode: {mode} | seed: {self.seed} | device: {self.device}"
 
 
