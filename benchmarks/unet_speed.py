@@ -22,7 +22,7 @@ import torch
 
 
 def course_unet(in_ch: int = 1):
-    from course_lib.diffusion.unet import UNet
+    from course_lib.models.unet import UNet
     return UNet(in_ch, base=32, mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,))
 
 

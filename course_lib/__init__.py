@@ -7,9 +7,8 @@ from course_lib.config import Config, cache_dir, data_dir, is_smoke, output_dir,
 from course_lib.device import get_device, seed_everything
 
 __version__ = "0.1.0"
-_SUBMODULES = {"advanced_gan", "artifacts", "captioning", "checks", "clip", "config", "data", "device",
-               "diffusion", "eval_metrics", "flows", "foundations", "gan", "judges", "metrics", "nn", "text",
-               "train", "vae", "viz"}
+_SUBMODULES = {"artifacts", "checks", "config", "data", "device", "diffusion", "eval", "foundations",
+               "models", "nn", "train", "viz"}
 
 
 def __getattr__(name: str):

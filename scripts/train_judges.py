@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from course_lib.data import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, DigitsDataset, render_shapes  # noqa: E402
 from course_lib.device import seed_everything  # noqa: E402
-from course_lib.judges import CHECKPOINT_DIR, DigitsJudge, ShapesJudge, load_judge_file, save_judge  # noqa: E402
+from course_lib.eval.judges import CHECKPOINT_DIR, DigitsJudge, ShapesJudge, load_judge_file, save_judge  # noqa: E402
 
 DIGITS = dict(seed=0, image_size=16, widths=[16, 32, 64], feature_dim=64, depth=1,
               epochs=40, batch_size=64, lr=3e-3, weight_decay=1e-4,

@@ -1,11 +1,11 @@
-"""course_lib.advanced_gan: conditioning, style modulation, U-Net/PatchGAN and cycle losses."""
+"""course_lib.models.advanced_gan: conditioning, style modulation, U-Net/PatchGAN and cycle losses."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.advanced_gan import (ConditionalGenerator, MappingNetwork, ModulatedConv2d,
+from course_lib.models.advanced_gan import (ConditionalGenerator, MappingNetwork, ModulatedConv2d,
                                      PatchDiscriminator, ProjectionDiscriminator, StyleGenerator,
                                      UNetGenerator, adain, cycle_consistency_loss, identity_loss,
                                      mix_styles, modulate_weights, modulated_conv2d, pixel_norm,

@@ -1,4 +1,4 @@
-"""Tests of course_lib.captioning: the captioner's masks, its use of the image, generation, data and scores."""
+"""Tests of course_lib.models.captioning: the captioner's masks, its use of the image, generation, data and scores."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.captioning import (PAIR_QUESTIONS, QUESTION_TYPES, SINGLE_QUESTIONS, Captioner,
+from course_lib.models.captioning import (PAIR_QUESTIONS, QUESTION_TYPES, SINGLE_QUESTIONS, Captioner,
                                    CrossAttentionBlock, ImageEncoder, ImageTextDataset,
                                    answer_accuracy, answer_questions, ask, caption_accuracy,
                                    caption_tokenizer, decode_ids, prefix_sequences, vqa_examples)

@@ -1,4 +1,4 @@
-"""course_lib.clip: the tokenizer, the encoders, the CLIP loss, zero-shot classification, recall@k."""
+"""course_lib.models.clip: the tokenizer, the encoders, the CLIP loss, zero-shot classification, recall@k."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.clip import (MAX_LOGIT_SCALE, CaptionTokenizer, CLIPModel, class_embeddings, clip_loss,
+from course_lib.models.clip import (MAX_LOGIT_SCALE, CaptionTokenizer, CLIPModel, class_embeddings, clip_loss,
                              recall_at_k, similarity, zero_shot_classify)
 from course_lib.data import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, parse_caption, render_shapes
 

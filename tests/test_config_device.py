@@ -126,6 +126,6 @@ def test_mps_memory_report():
 
 
 def test_submodules_load_on_first_use():
-    assert callable(course_lib.viz.show_images) and callable(course_lib.metrics.fid)
+    assert callable(course_lib.viz.show_images) and callable(course_lib.eval.distances.fid)
     with pytest.raises(AttributeError, match="no attribute 'vizz'"):
         course_lib.vizz

@@ -377,3 +377,14 @@ def test_probe_gives_up_on_a_hanging_connection(monkeypatch):
     start = time.perf_counter()
     assert real._reachable("https://example.invalid/file.gz", timeout=0.3) is False
     assert time.perf_counter() - start < 1
+
+
+def test_stack_images_takes_the_first_n_inputs():
+    from course_lib.data import stack_images
+    ds = data.load_dataset("digits", n=20)
+    x = stack_images(ds, 5)
+    assert x.shape == (5, 1, 16, 16)
+    assert torch.equal(x[3], ds[3][0])
+    assert stack_images(ds).shape[0] == 20 and stack_images(ds, 1000).shape[0] == 20
+    with pytest.raises(ValueError, match="at least one"):
+        stack_images(ds, 0)

@@ -14,7 +14,8 @@ from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_ti
                                        eps_from_v, guided_eps, predict_x0, reverse_step, sample, v_target)
 from course_lib.diffusion.schedule import (NoiseSchedule, cosine_betas, linear_betas, q_sample,
                                            to_image_range, to_model_range)
-from course_lib.diffusion.unet import UNet, count_parameters, timestep_embedding
+from course_lib.models.unet import UNet, count_parameters
+from course_lib.nn.embeddings import timestep_embedding
 
 torch.set_num_threads(1)
 

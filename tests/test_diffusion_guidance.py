@@ -221,7 +221,7 @@ def test_class_labels_and_within_class_spread_known_answers():
 
 def test_guidance_sweep_on_real_digits_reads_high_accuracy_and_relative_spread_one():
     from course_lib.data import load_dataset
-    from course_lib.metrics import extract_features
+    from course_lib.eval import extract_features
 
     ds = load_dataset("digits", "test")
     x = torch.stack([ds[i][0] for i in range(200)])

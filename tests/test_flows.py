@@ -1,4 +1,4 @@
-"""course_lib.flows: invertibility, log-determinants against autograd Jacobians, ActNorm's
+"""course_lib.models.flows: invertibility, log-determinants against autograd Jacobians, ActNorm's
 data-dependent init, normalisation of the density, dequantization and bits per dimension."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from course_lib.flows import (ActNorm, AffineCoupling, Flow, FlowSequence, Invertible1x1Conv,
+from course_lib.models.flows import (ActNorm, AffineCoupling, Flow, FlowSequence, Invertible1x1Conv,
                               LogitTransform, Squeeze, alternating_mask, bits_per_dim,
                               channel_mask, checkerboard_mask, dequantize, quantize,
                               standard_normal_log_prob)

@@ -1,4 +1,4 @@
-"""course_lib.gan: the GAN losses against hand-computed values, the saturation argument,
+"""course_lib.models.gan: the GAN losses against hand-computed values, the saturation argument,
 the gradient penalty, the DCGAN/MLP networks, spectral norm and the training loop."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from course_lib.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator,
+from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator,
                             d_loss_minimax, d_loss_nonsaturating, g_loss_minimax,
                             g_loss_nonsaturating, gradient_penalty, has_spectral_norm,
                             mode_coverage, random_translate, train_gan, wgan_d_loss,

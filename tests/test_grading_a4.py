@@ -1,5 +1,5 @@
 """A4 (the loss of a VAE): the graded checks accept right answers, reject the classic mistakes
-with a specific hint, refuse answers that call course_lib.vae, and the grader's sandboxed
+with a specific hint, refuse answers that call course_lib.models.vae, and the grader's sandboxed
 re-check catches a reference call too."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import vae as ref
+from course_lib.models import vae as ref
 from course_lib.checks import CheckFailure, RemoteCallable
 from course_lib.grading import a4
 from grading import assert_check_fails, assert_stub_not_attempted, grade_edited_solution
@@ -149,10 +149,10 @@ def test_right_answers_pass_visible_and_hidden_settings(capsys):
     (a4.check_elbo_loss, elbo_minus_kl, {}, ["add the KL"]),
     (a4.check_elbo_loss, elbo_batch_means, {}, ["output['nll'] has shape ()", "per image, shape (B,)"]),
     (a4.check_reparameterize, reparameterize_calls_reference, {},
-     ["earns nothing", "course_lib.vae.reparameterize"]),
+     ["earns nothing", "course_lib.models.vae.reparameterize"]),
     (a4.check_gaussian_kl, kl_through_per_dim_reference, {},
-     ["earns nothing", "course_lib.vae.gaussian_kl_per_dim"]),
-    (a4.check_elbo_loss, elbo_calls_reference, {}, ["earns nothing", "course_lib.vae.elbo_loss"]),
+     ["earns nothing", "course_lib.models.vae.gaussian_kl_per_dim"]),
+    (a4.check_elbo_loss, elbo_calls_reference, {}, ["earns nothing", "course_lib.models.vae.elbo_loss"]),
 ])
 def test_wrong_answers_fail_with_a_specific_message(check, fn, kwargs, words):
     assert_check_fails(check, fn, words, **kwargs)
@@ -201,7 +201,7 @@ def test_hints_also_reach_the_graders_proxies():
 # ----------------------------------------------------------------------------- the grader's re-check
 def test_sandbox_side_knows_the_vae_references():
     """The re-check runs the learner's function in a sandboxed job that names forbidden references
-    by dotted name: course_lib.vae's functions must be known there, and the job's warm parent
+    by dotted name: course_lib.models.vae's functions must be known there, and the job's warm parent
     must have loaded them before any learner code runs."""
     from course_lib.grading import kernel, zygote
     assert "course_lib.grading.a4" in zygote.PRELOAD
@@ -210,14 +210,14 @@ def test_sandbox_side_knows_the_vae_references():
     assert set(names) <= set(kernel._REFERENCE_CODES), set(names) - set(kernel._REFERENCE_CODES)
     mu, logvar = torch.randn(3, 2), torch.randn(3, 2)
     _, hit = kernel._watched_call(kl_through_per_dim_reference, (mu, logvar), {}, names)
-    assert hit == "course_lib.vae.gaussian_kl_per_dim"
+    assert hit == "course_lib.models.vae.gaussian_kl_per_dim"
     _, hit = kernel._watched_call(kl, (mu, logvar), {}, names)
     assert hit is None
 
 
 def test_static_audit_flags_importing_course_lib_vae():
     from course_lib.grading import audit
-    findings = audit.inspect_cells([("p2_answer", "from course_lib.vae import gaussian_kl")], set())
+    findings = audit.inspect_cells([("p2_answer", "from course_lib.models.vae import gaussian_kl")], set())
     assert any(f.kind == "reference" for f in findings), findings
 
 
@@ -227,7 +227,7 @@ def test_sandboxed_recheck_catches_a_call_to_the_vae_reference(tmp_path, monkeyp
     gaussian_kl, so it scores 0 too; Parts 1 and 3 keep their points."""
     from course_lib.grading.pipeline import REVIEW
 
-    source = ("import course_lib.vae as helpers\n\n"
+    source = ("import course_lib.models.vae as helpers\n\n"
               "def gaussian_kl(mu, logvar):\n"
               "    return helpers.gaussian_kl(mu, logvar)\n")
     outcome = grade_edited_solution("a4_vae", "p2_answer", source, tmp_path, monkeypatch)
@@ -235,6 +235,6 @@ def test_sandboxed_recheck_catches_a_call_to_the_vae_reference(tmp_path, monkeyp
     assert outcome.parts["p4_visible"] == 0 and outcome.parts["p4_hidden"] == 0, outcome.parts
     assert outcome.score == outcome.max_score - 3 - 4, outcome.parts
     assert outcome.status == REVIEW
-    assert any("gaussian_kl calls the course reference course_lib.vae.gaussian_kl" in r
+    assert any("gaussian_kl calls the course reference course_lib.models.vae.gaussian_kl" in r
                for r in outcome.reasons), outcome.reasons
     assert not any("passes when re-checked" in r for r in outcome.reasons), outcome.reasons

@@ -1,6 +1,6 @@
 """A5 (GAN losses and the gradient penalty): the graded checks accept right answers, reject the
 classic mistakes with a specific hint, make a penalty without ``create_graph`` visible in its
-value, refuse answers that call course_lib.gan, and the grader's sandboxed re-check catches a
+value, refuse answers that call course_lib.models.gan, and the grader's sandboxed re-check catches a
 reference call too."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import gan as ref
+from course_lib.models import gan as ref
 from course_lib.grading import a5
 from grading import assert_check_fails, assert_stub_not_attempted, grade_edited_solution
 
@@ -192,9 +192,9 @@ def test_right_answers_pass_visible_and_hidden_settings(capsys):
     (a5.check_critic_gradients, critic_grads_detached_penalty, {}, ["output[0]", "must stay differentiable"]),
     (a5.check_critic_gradients, critic_grads_penalty_subtracted, {}, ["penalty is ADDED"]),
     (a5.check_d_loss_nonsaturating, d_loss_calls_reference, {},
-     ["earns nothing", "course_lib.gan.d_loss_minimax"]),
-    (a5.check_wgan_g_loss, wgan_g_calls_reference, {}, ["earns nothing", "course_lib.gan.wgan_g_loss"]),
-    (a5.check_gradient_penalty, gp_calls_reference, {}, ["earns nothing", "course_lib.gan.gradient_penalty"]),
+     ["earns nothing", "course_lib.models.gan.d_loss_minimax"]),
+    (a5.check_wgan_g_loss, wgan_g_calls_reference, {}, ["earns nothing", "course_lib.models.gan.wgan_g_loss"]),
+    (a5.check_gradient_penalty, gp_calls_reference, {}, ["earns nothing", "course_lib.models.gan.gradient_penalty"]),
 ])
 def test_wrong_answers_fail_with_a_specific_message(check, fn, kwargs, words):
     assert_check_fails(check, fn, words, **kwargs)
@@ -228,7 +228,7 @@ def test_the_test_critic_passes_gradients_only_with_create_graph():
 
 # ----------------------------------------------------------------------------- the grader's re-check
 def test_sandbox_side_knows_the_gan_references():
-    """The re-check names forbidden references by dotted name in a sandboxed job: course_lib.gan's
+    """The re-check names forbidden references by dotted name in a sandboxed job: course_lib.models.gan's
     losses must be known there, loaded by the job's warm parent before any learner code runs."""
     from course_lib.grading import kernel, zygote
     assert "course_lib.grading.a5" in zygote.PRELOAD
@@ -237,14 +237,14 @@ def test_sandbox_side_knows_the_gan_references():
     assert set(names) <= set(kernel._REFERENCE_CODES), set(names) - set(kernel._REFERENCE_CODES)
     critic, real, fake, alpha = a5._critic_inputs(torch.Generator().manual_seed(1), (2, 3), torch.float64)
     _, hit = kernel._watched_call(gp_calls_reference, (critic, real, fake, alpha), {}, names)
-    assert hit == "course_lib.gan.gradient_penalty"
+    assert hit == "course_lib.models.gan.gradient_penalty"
     _, hit = kernel._watched_call(gp, (critic, real, fake, alpha), {}, names)
     assert hit is None
 
 
 def test_static_audit_flags_importing_course_lib_gan():
     from course_lib.grading import audit
-    findings = audit.inspect_cells([("p4_answer", "from course_lib import gan")], set())
+    findings = audit.inspect_cells([("p4_answer", "from course_lib.models import gan")], set())
     assert any(f.kind == "reference" for f in findings), findings
 
 
@@ -254,7 +254,7 @@ def test_sandboxed_recheck_catches_a_call_to_the_gan_reference(tmp_path, monkeyp
     flagged; Part 5 uses the learner's gradient_penalty, so it scores 0 too."""
     from course_lib.grading.pipeline import REVIEW
 
-    source = ("from course_lib import gan as helpers\n\n"
+    source = ("from course_lib.models import gan as helpers\n\n"
               "def gradient_penalty(critic, real, fake, alpha):\n"
               "    a = alpha.view(-1, *[1] * (real.dim() - 1))\n"
               "    return helpers.gradient_penalty(critic, real, fake, a)\n")
@@ -263,6 +263,6 @@ def test_sandboxed_recheck_catches_a_call_to_the_gan_reference(tmp_path, monkeyp
     assert outcome.parts["p5_visible"] == 0 and outcome.parts["p5_hidden"] == 0, outcome.parts
     assert outcome.score == outcome.max_score - 4 - 2, outcome.parts
     assert outcome.status == REVIEW
-    assert any("gradient_penalty calls the course reference course_lib.gan.gradient_penalty" in r
+    assert any("gradient_penalty calls the course reference course_lib.models.gan.gradient_penalty" in r
                for r in outcome.reasons), outcome.reasons
     assert not any("passes when re-checked" in r for r in outcome.reasons), outcome.reasons

@@ -1,4 +1,4 @@
-"""Tests of course_lib.judges: the shipped checkpoints meet their accuracy targets on
+"""Tests of course_lib.eval.judges: the shipped checkpoints meet their accuracy targets on
 held-out data, and the judges refuse bad input with messages that say how to fix it."""
 import importlib.util
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import course_lib.judges as judges
+import course_lib.eval.judges as judges
 from course_lib.data import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, DigitsDataset, render_shapes
-from course_lib.judges import (CHECKPOINT_DIR, DigitsJudge, ShapesJudge, load_judge,
+from course_lib.eval.judges import (CHECKPOINT_DIR, DigitsJudge, ShapesJudge, load_judge,
                                load_judge_file, save_judge)
 
 UNSEEN_SHAPES_SEED = 20251  # the training script uses seeds 1 (train) and 2 (its own held-out)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from course_lib.nn.attention import (MultiHeadAttention, TransformerBlock, attention, causal_mask, merge_heads,
-                                     padding_mask, sinusoidal_positions, split_heads)
+                                     padding_mask, split_heads)
+from course_lib.nn.embeddings import sinusoidal_positions
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
-"""course_lib.nn.autoencoder: shapes, value ranges, clear errors, and that it can learn."""
+"""course_lib.models.autoencoder: shapes, value ranges, clear errors, and that it can learn."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.nn.autoencoder import (ConvAutoencoder, ConvDecoder, ConvEncoder, MLPAutoencoder,
+from course_lib.models.autoencoder import (ConvAutoencoder, ConvDecoder, ConvEncoder, MLPAutoencoder,
                                        add_noise)
 
 

@@ -1,10 +1,10 @@
-"""The mini-GPT and its decoding strategies (course_lib.nn.gpt)."""
+"""The mini-GPT and its decoding strategies (course_lib.models.gpt)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from course_lib.nn.gpt import GPT, sample_logits, top_k_filter, top_p_filter
+from course_lib.models.gpt import GPT, sample_logits, top_k_filter, top_p_filter
 
 
 @pytest.fixture(autouse=True, scope="module")

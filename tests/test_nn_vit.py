@@ -1,10 +1,10 @@
-"""course_lib.nn.vit: patches, the patch embedding, the ViT's outputs and attention maps."""
+"""course_lib.models.vit: patches, the patch embedding, the ViT's outputs and attention maps."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from course_lib.nn.attention import TransformerBlock
-from course_lib.nn.vit import PatchEmbed, ViT, attention_rollout, cls_attention, patchify, unpatchify
+from course_lib.models.vit import PatchEmbed, ViT, attention_rollout, cls_attention, patchify, unpatchify
 
 
 def small_vit(**kw):

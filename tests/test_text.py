@@ -1,11 +1,11 @@
-"""Tokenizers and the caption corpus (course_lib.text)."""
+"""Tokenizers and the caption corpus (course_lib.data.text)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from course_lib.data import parse_caption
-from course_lib.text import (BPETokenizer, CharTokenizer, WordTokenizer, caption_corpus, chunks,
+from course_lib.data.text import (BPETokenizer, CharTokenizer, WordTokenizer, caption_corpus, chunks,
                              count_pairs, lm_pairs, merge_pair, pad_sequences, train_bpe)
 
 ODD_TEXTS = ["a small red circle at the top", "  two  spaces\tand a tab\n", "", "x",

@@ -1,4 +1,4 @@
-"""course_lib.vae: the ELBO's pieces against known answers, gradients, shapes and clear errors."""
+"""course_lib.models.vae: the ELBO's pieces against known answers, gradients, shapes and clear errors."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.train import fit
-from course_lib.vae import (VAE, ELBOLoss, bernoulli_nll, elbo_loss, gaussian_kl,
+from course_lib.models.vae import (VAE, ELBOLoss, bernoulli_nll, elbo_loss, gaussian_kl,
                             gaussian_kl_per_dim, gaussian_nll, reparameterize)
 
 

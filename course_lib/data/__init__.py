@@ -21,6 +21,7 @@ so it never repeats the training data.
 """
 from __future__ import annotations
 
+import torch
 from torch.utils.data import Dataset, Subset
 
 from course_lib.data._names import unknown_name
@@ -38,7 +39,7 @@ from course_lib.data.shapes import (ATTR_KEYS, COLOURS, HALF_EXTENT, JITTER, POS
 from course_lib.data.toys import TOYS, ToyDataset, sample_toy, sample_toy_labelled
 
 __all__ = [
-    "DATASETS", "TEST_SEED_OFFSET", "load_dataset",
+    "DATASETS", "TEST_SEED_OFFSET", "load_dataset", "stack_images",
     "DigitsDataset", "DIGIT_SPLITS",
     "SHAPE_KINDS", "COLOURS", "SIZES", "POSITIONS", "RELATIONS", "ATTR_KEYS", "HALF_EXTENT",
     "JITTER", "cell_size", "ShapesBatch", "render_shapes", "shape_coverage", "edge_map",
@@ -93,3 +94,16 @@ def load_dataset(name: str, split: str = "train", *, size: int | None = None,
     if size is not None:
         raise ValueError(f"{name} is a 2-D point distribution; size does not apply to it")
     return ToyDataset(name, n=10000 if n is None else n, seed=seed, **kwargs)
+
+
+def stack_images(dataset: Dataset, n: int | None = None) -> torch.Tensor:
+    """The inputs ``x`` of the first ``n`` items of a dataset of ``(x, y)`` as one tensor.
+
+    dataset: any dataset of ``(x, y)`` pairs, x (C, H, W) (or (T, C, H, W) for videos);
+    n: how many (all of them for None; a dataset shorter than n gives all it has).
+    Returns (n, C, H, W): the tensor a metric or a plot wants, e.g. ``stack_images(test_set, 500)``.
+    """
+    count = len(dataset) if n is None else min(int(n), len(dataset))
+    if count < 1:
+        raise ValueError(f"stack_images needs at least one item; the dataset has {len(dataset)}, n={n!r}")
+    return torch.stack([dataset[i][0] for i in range(count)])

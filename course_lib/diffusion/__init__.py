@@ -11,15 +11,14 @@ noise-aware classifier), ``text2image`` and ``export`` (a `diffusers` pipeline).
 """
 from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_timesteps, ddpm_loss,
                                        eps_from_v, guided_eps, predict_x0, reverse_step, sample, v_target)
-from course_lib.diffusion.latent import (LatentAutoencoder, encode_dataset, latent_scale_factor, scale_latents,
+from course_lib.diffusion.latent import (encode_dataset, latent_scale_factor, scale_latents,
                                          unscale_latents)
 from course_lib.diffusion.schedule import (NoiseSchedule, cosine_betas, linear_betas, q_sample,
                                            to_image_range, to_model_range)
 from course_lib.diffusion.schedulers import diffusers_scheduler, sample_with_scheduler
-from course_lib.diffusion.unet import UNet, count_parameters, timestep_embedding
 
 __all__ = ["NoiseSchedule", "linear_betas", "cosine_betas", "q_sample", "to_model_range",
            "to_image_range", "ddpm_loss", "v_target", "eps_from_v", "predict_x0", "reverse_step", "ddim_step", "ddim_timesteps",
            "guided_eps", "classifier_guided_eps", "sample", "diffusers_scheduler",
-           "sample_with_scheduler", "UNet", "count_parameters", "timestep_embedding", "LatentAutoencoder", "latent_scale_factor", "encode_dataset",
+           "sample_with_scheduler", "latent_scale_factor", "encode_dataset",
            "scale_latents", "unscale_latents"]

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from course_lib.diffusion.ddpm import cfg_combine, classifier_guided_eps, ddpm_loss, sample
 from course_lib.diffusion.schedule import NoiseSchedule, q_sample
-from course_lib.diffusion.unet import ResBlock, timestep_embedding
+from course_lib.models.unet import ResBlock
+from course_lib.nn.embeddings import timestep_embedding
 
 __all__ = ["drop_condition", "cfg_loss", "cfg_sample", "NoiseAwareClassifier", "noisy_classifier_loss",
            "classifier_log_prob", "classifier_guidance_fn", "cfg_combine", "guidance_convention_report",
@@ -262,7 +263,7 @@ def guidance_sweep(generate: Callable[[float], Tensor], scales: Sequence[float],
     """
     from tqdm.auto import tqdm
 
-    from course_lib.metrics import class_report, extract_features
+    from course_lib.eval import class_report, extract_features
 
     rows, images = [], {}
     for s in tqdm(list(scales), desc="guidance sweep", disable=not progress):

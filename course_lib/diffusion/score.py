@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.diffusion.schedule import NoiseSchedule
-from course_lib.diffusion.unet import timestep_embedding
+from course_lib.nn.embeddings import timestep_embedding
 from course_lib.nn.layers import MLP
 
 __all__ = ["GaussianMixture", "langevin", "annealed_langevin", "geometric_sigmas", "dsm_loss",

@@ -6,7 +6,7 @@
 
 - the diffusion runs on ``scale * z``, the autoencoder's latents brought to unit variance
   (``course_lib.diffusion.latent``); there is no clipping of x0 in latent space;
-- the U-Net reads the text through cross-attention (``course_lib.diffusion.unet.Attention``),
+- the U-Net reads the text through cross-attention (``course_lib.models.unet.Attention``),
   padding masked out with ``TextEncoder.padding_mask``;
 - the empty caption ``""`` (``<bos> <eos>``) is the unconditional input of classifier-free
   guidance; a negative prompt simply takes its place:
@@ -21,13 +21,13 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from course_lib.clip import CaptionTokenizer, TextEncoder
+from course_lib.models.clip import CaptionTokenizer, TextEncoder
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
 from course_lib.diffusion.ddpm import ddpm_loss, sample
-from course_lib.diffusion.latent import LatentAutoencoder
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import sample_with_scheduler
-from course_lib.diffusion.unet import UNet
+from course_lib.models.autoencoder import LatentAutoencoder
+from course_lib.models.unet import UNet
 
 __all__ = ["PLACEHOLDER", "ATTRS", "make_tokenizer", "partial_caption", "training_captions",
            "TextToImage", "word_attention_maps"]
@@ -197,7 +197,7 @@ def word_attention_maps(model: TextToImage, prompt: str, latents: Tensor, t: int
     (each upsampled to image_size), and returns (the words, maps (n_words, image_size, image_size)),
     each map normalised to sum to 1. <bos>, <eos> and padding are left out.
     """
-    from course_lib.diffusion.unet import Attention
+    from course_lib.models.unet import Attention
     context, mask = model.encode_prompt(prompt)
     layers = [m for m in model.unet.modules() if isinstance(m, Attention) and m.context_dim is not None]
     for m in layers:

@@ -1,6 +1,6 @@
 """Graded checks of assignment A4 (Phase 3): the loss of a variational autoencoder, piece by piece.
 
-Each ``check_*`` compares the learner's function with the course reference (:mod:`course_lib.vae`)
+Each ``check_*`` compares the learner's function with the course reference (:mod:`course_lib.models.vae`)
 on random inputs and raises :class:`course_lib.checks.CheckFailure` when they differ. When the
 answer matches a classic mistake (``exp(logvar)`` for the standard deviation, a KL averaged over
 the latent dimensions, a BCE fed probabilities ...) the message says so, with a hint
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from course_lib import vae as _ref
+from course_lib.models import vae as _ref
 from course_lib.grading.graded import hinted_check
 
 __all__ = ["check_reparameterize", "check_gaussian_kl", "check_bernoulli_nll", "check_elbo_loss"]

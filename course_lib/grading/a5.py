@@ -1,6 +1,6 @@
 """Graded checks of assignment A5 (Phase 3): GAN losses and the WGAN-GP gradient penalty.
 
-Each ``check_*`` compares the learner's function with the course reference (:mod:`course_lib.gan`)
+Each ``check_*`` compares the learner's function with the course reference (:mod:`course_lib.models.gan`)
 on random inputs and raises :class:`course_lib.checks.CheckFailure` when they differ, with a hint
 when the answer matches a classic mistake (swapped labels, a sigmoid applied twice, a gradient
 norm over the wrong dimensions, a penalty that cannot be back-propagated ...), see
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import gan as _ref
+from course_lib.models import gan as _ref
 from course_lib.grading.graded import hinted_check
 
 __all__ = ["check_d_loss_nonsaturating", "check_g_loss_nonsaturating", "check_wgan_d_loss",

@@ -46,7 +46,7 @@ class CellTimeout(KeyboardInterrupt):
 
 # The packages of the references that graded answers may not call (A1-A2: foundations and
 # numpy_mlp, A3: nn.attention, A4: vae, A5: gan, A6-A7: diffusion).
-REFERENCE_PREFIXES = ("course_lib.foundations", "course_lib.nn", "course_lib.vae", "course_lib.gan",
+REFERENCE_PREFIXES = ("course_lib.foundations", "course_lib.nn", "course_lib.models.vae", "course_lib.models.gan",
                       "course_lib.diffusion")
 
 

@@ -8,7 +8,6 @@
 - :class:`MultiHeadAttention`: self- or cross-attention with ``H`` heads; a fast path through
   :func:`torch.nn.functional.scaled_dot_product_attention` and a readable path through
   :func:`attention` that give the same numbers.
-- :func:`sinusoidal_positions`: the fixed sine/cosine position code of Vaswani et al. (2017).
 - :class:`TransformerBlock`: a pre-LayerNorm block, ``x + attn(LN(x))`` then ``x + MLP(LN(x))``.
 
 Masks follow one convention everywhere: a **boolean** tensor where ``True`` means *this query may
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["attention", "causal_mask", "padding_mask", "split_heads", "merge_heads", "MultiHeadAttention",
-           "sinusoidal_positions", "MLP", "TransformerBlock"]
+           "MLP", "TransformerBlock"]
 
 
 # ----------------------------------------------------------------------------- the core formula
@@ -218,22 +217,6 @@ class MultiHeadAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------- positions
-def sinusoidal_positions(T: int, dim: int) -> torch.Tensor:
-    """``(T, dim)`` sine/cosine position code (Vaswani et al., 2017).
-
-    ``PE[t, 2i] = sin(t / 10000^(2i/dim))`` and ``PE[t, 2i+1] = cos(t / 10000^(2i/dim))``: each pair of
-    columns is a clock with its own speed, from one turn every 2π tokens down to very slow ones.
-    """
-    if T < 1 or dim < 2 or dim % 2:
-        raise ValueError(f"need T >= 1 and an even dim >= 2, got T={T}, dim={dim}")
-    t = torch.arange(T, dtype=torch.float32)[:, None]                       # (T, 1)
-    freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # 1 / 10000^(2i/dim): (dim/2,)
-    pe = torch.zeros(T, dim)
-    pe[:, 0::2] = torch.sin(t * freq)
-    pe[:, 1::2] = torch.cos(t * freq)
-    return pe
-
-
 # ----------------------------------------------------------------------------- the block
 class MLP(nn.Module):
     """Position-wise feed-forward network: ``Linear(dim, hidden) -> GELU -> Linear(hidden, dim) -> Dropout``."""

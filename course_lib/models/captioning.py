@@ -51,9 +51,9 @@ from torch.utils.data import Dataset
 from course_lib.data.shapes import (ATTR_KEYS, COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES,
                                     caption_for, parse_caption)
 from course_lib.nn.attention import MLP, MultiHeadAttention, TransformerBlock
-from course_lib.nn.gpt import sample_logits
+from course_lib.models.gpt import sample_logits
 from course_lib.nn.layers import ConvBlock
-from course_lib.text import WordTokenizer, pad_sequences
+from course_lib.data.text import WordTokenizer, pad_sequences
 
 __all__ = ["QUESTION_TYPES", "SINGLE_QUESTIONS", "PAIR_QUESTIONS", "caption_tokenizer", "ask",
            "vqa_examples", "prefix_sequences", "decode_ids", "ImageTextDataset", "ImageEncoder", "CrossAttentionBlock",
@@ -86,7 +86,7 @@ def _vocabulary() -> list[str]:
 def caption_tokenizer() -> WordTokenizer:
     """A word tokenizer for the shapes captions, the questions and their answers.
 
-    ids 0..3 are ``<pad> <bos> <eos> <unk>`` (see :class:`course_lib.text.WordTokenizer`), then
+    ids 0..3 are ``<pad> <bos> <eos> <unk>`` (see :class:`course_lib.data.text.WordTokenizer`), then
     the words of the grammar in sorted order (about 45 in all).
     """
     return WordTokenizer(_vocabulary())
@@ -350,7 +350,7 @@ class Captioner(nn.Module):
         vocab_size: V (``caption_tokenizer().vocab_size``); block_size: longest token sequence.
         dim, depth, num_heads: decoder width, number of :class:`CrossAttentionBlock`\\ s, heads.
         in_ch, image_size, width, enc_depth: the :class:`ImageEncoder`'s.
-        bos_id, eos_id, pad_id: the special ids (those of :class:`course_lib.text.WordTokenizer`).
+        bos_id, eos_id, pad_id: the special ids (those of :class:`course_lib.data.text.WordTokenizer`).
     """
 
     def __init__(self, vocab_size: int, block_size: int = 24, dim: int = 64, depth: int = 2,

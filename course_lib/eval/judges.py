@@ -22,6 +22,7 @@ The shipped weights in ``course_lib/checkpoints/`` are produced by
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -29,10 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DigitsJudge", "ShapesJudge", "load_judge", "judge_path", "check_images",
-           "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file"]
+           "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file", "extract_features"]
 
 JUDGE_NAMES = ("digits", "shapes")
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"   # course_lib/checkpoints
 _RANGE_TOLERANCE = 1e-3  # allow float round-off just outside [0, 1]
 
 
@@ -279,3 +280,51 @@ def load_judge(name: str, device: str | torch.device | None = None) -> DigitsJud
                                     "create them with: python scripts/train_judges.py")
         _CACHE[key] = load_judge_file(path, device)
     return _CACHE[key]
+
+
+# --------------------------------------------------------------------------- images -> features
+def _get_judge(judge, device=None) -> nn.Module:
+    """A judge name ("digits" / "shapes") or a judge-like module with ``.features``."""
+    if isinstance(judge, str):
+        return load_judge(judge, device)
+    if isinstance(judge, nn.Module) and hasattr(judge, "features"):
+        return judge
+    raise TypeError(f"judge must be 'digits', 'shapes' or a module with .features(x); got {judge!r}")
+
+
+def _check_batch(images, judge: nn.Module, who: str, min_n: int = 1) -> Tensor:
+    """Shape, channel and range checks with the facade's name in the message."""
+    if isinstance(images, Tensor) and images.dim() == 4 and images.shape[0] < min_n:
+        raise ValueError(f"{who} expects images of shape (N, C, H, W) with N >= {min_n}; "
+                         f"got {tuple(images.shape)}")
+    if isinstance(images, Tensor) and images.dim() != 4:
+        raise ValueError(f"{who} expects images of shape (N, C, H, W) with N >= {min_n}; "
+                         f"got {tuple(images.shape)}")
+    return check_images(images, getattr(judge, "in_channels", None), who=f"{who}: images")
+
+
+def _batches(images: Tensor, batch_size: int):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    for start in range(0, images.shape[0], batch_size):
+        yield images[start:start + batch_size]
+
+
+@torch.no_grad()
+def extract_features(images: Tensor, judge="digits", batch_size: int = 256,
+                     device=None) -> Tensor:
+    """(N, C, H, W) images in [0, 1] -> (N, D) judge features (float32, on the CPU)."""
+    j = _get_judge(judge, device)
+    images = _check_batch(images, j, "extract_features")
+    return torch.cat([j.features(b).float().cpu() for b in _batches(images, batch_size)])
+
+
+@torch.no_grad()
+def _predict(j: nn.Module, images: Tensor, batch_size: int):
+    """Run ``j.predict`` in batches; returns (labels, confidences) as CPU tensors or dicts."""
+    parts = [j.predict(b) for b in _batches(images, batch_size)]
+    labels, confidences = zip(*parts)
+    if isinstance(labels[0], Mapping):
+        return ({k: torch.cat([p[k] for p in labels]).cpu() for k in labels[0]},
+                {k: torch.cat([p[k] for p in confidences]).cpu() for k in confidences[0]})
+    return torch.cat(labels).cpu(), torch.cat(confidences).cpu()

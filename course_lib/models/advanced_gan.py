@@ -1,8 +1,8 @@
 """Advanced GANs: conditioning, style-based generators and image-to-image translation.
 
-The reference code behind Phase 3 · 03. Conventions are those of :mod:`course_lib.gan`:
+The reference code behind Phase 3 · 03. Conventions are those of :mod:`course_lib.models.gan`:
 images live in [-1, 1] (generators end with tanh), discriminators return **logits**, and the
-losses of :mod:`course_lib.gan` (e.g. ``d_loss_nonsaturating``) apply unchanged.
+losses of :mod:`course_lib.models.gan` (e.g. ``d_loss_nonsaturating``) apply unchanged.
 
 Conditioning (Mirza & Osindero, 2014; Miyato & Koyama, 2018)
     :class:`ConditionalGenerator`   G(z, y): the class embedding is concatenated to the noise
@@ -508,7 +508,7 @@ class PatchDiscriminator(nn.Module):
     Each logit sees only a ``receptive_field().size``-pixel square of the input, so D judges
     local texture and sharpness and leaves the global layout to the L1 (or cycle) loss. For
     pix2pix give it the condition and the image stacked: ``D(torch.cat([edges, image], 1))``.
-    Flatten the logits (``.flatten()``) to use them with the losses of :mod:`course_lib.gan`.
+    Flatten the logits (``.flatten()``) to use them with the losses of :mod:`course_lib.models.gan`.
     """
 
     def __init__(self, in_ch: int = 4, width: int = 32, num_down: int = 2, norm: str | None = "batch"):

@@ -14,12 +14,12 @@ captions (rows), and every caption its own image among the ``B`` images (columns
 
 Pieces:
 
-- :class:`CaptionTokenizer`: the word tokenizer of :mod:`course_lib.text` with the fixed vocabulary
+- :class:`CaptionTokenizer`: the word tokenizer of :mod:`course_lib.data.text` with the fixed vocabulary
   of the shapes caption grammar (:func:`course_lib.data.caption_for`); strings -> padded ids.
 - :class:`TextEncoder`: token embedding + learned positions + :class:`TransformerBlock` s.
   ``encode_tokens`` gives one feature vector per token ``(B, T, D)`` (what a text-to-image model
   cross-attends to in Phase 4); ``forward`` pools the ``<eos>`` token into one embedding ``(B, E)``.
-- :class:`ImageEncoder`: the convolutional encoder of :mod:`course_lib.nn.autoencoder`, ``(B, E)``.
+- :class:`ImageEncoder`: the convolutional encoder of :mod:`course_lib.models.autoencoder`, ``(B, E)``.
 - :class:`CLIPModel`: both encoders and the learnable temperature.
 - :func:`clip_loss`: the symmetric InfoNCE loss; :func:`similarity`: the cosine matrix.
 - :func:`zero_shot_classify`: classify images by the text of their class names (prompt ensembles).
@@ -36,8 +36,8 @@ from torch import nn
 
 from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES
 from course_lib.nn.attention import TransformerBlock
-from course_lib.nn.autoencoder import ConvEncoder
-from course_lib.text import WordTokenizer
+from course_lib.models.autoencoder import ConvEncoder
+from course_lib.data.text import WordTokenizer
 
 __all__ = ["GRAMMAR_WORDS", "CaptionTokenizer", "TextEncoder", "ImageEncoder", "CLIPModel",
            "similarity", "clip_loss", "class_embeddings", "zero_shot_classify", "recall_at_k",
@@ -54,7 +54,7 @@ MAX_LOGIT_SCALE = 100.0          # ... and clips s at 100 "to prevent training i
 class CaptionTokenizer(WordTokenizer):
     """Word tokens for shapes captions: ``"a red circle"`` -> ``<bos> a red circle <eos> <pad> ...``.
 
-    The vocabulary is fixed (the special tokens of :mod:`course_lib.text`, then GRAMMAR_WORDS and
+    The vocabulary is fixed (the special tokens of :mod:`course_lib.data.text`, then GRAMMAR_WORDS and
     any ``extra_words``), so every run gives every word the same id. Text is lower-cased and cut at
     whitespace; a word outside the vocabulary becomes ``<unk>``.
 
@@ -176,7 +176,7 @@ class TextEncoder(nn.Module):
 class ImageEncoder(nn.Module):
     """Images ``(B, C, S, S)`` -> embedding ``(B, embed_dim)`` (not normalised).
 
-    The :class:`~course_lib.nn.autoencoder.ConvEncoder` of the autoencoder notebook: ``levels``
+    The :class:`~course_lib.models.autoencoder.ConvEncoder` of the autoencoder notebook: ``levels``
     stride-2 stages (3x3 convolutions, GroupNorm, SiLU), then a linear map of the flattened features.
     """
 

@@ -20,17 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from course_lib.nn.embeddings import timestep_embedding
 from course_lib.nn.layers import _groups
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal features of the step, (B,) -> (B, dim):  [cos(t w_k), sin(t w_k)], w_k = max_period^(-k / (dim/2))."""
-    if dim % 2:
-        raise ValueError(f"dim must be even, got {dim}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.nn.autoencoder import ConvDecoder, ConvEncoder
+from course_lib.models.autoencoder import ConvDecoder, ConvEncoder
 
 __all__ = ["reparameterize", "gaussian_kl", "gaussian_kl_per_dim", "bernoulli_nll",
            "gaussian_nll", "elbo_loss", "ELBOLoss", "VAE"]
@@ -177,7 +177,7 @@ class VAE(nn.Module):
 
     in_ch: image channels (1 digits, 3 shapes); image_size: side S of the square images
     (divisible by 2**levels); latent_dim: D, the size of z; width, levels: as in
-    :mod:`course_lib.nn.autoencoder`; beta: the KL weight :meth:`loss` uses.
+    :mod:`course_lib.models.autoencoder`; beta: the KL weight :meth:`loss` uses.
 
         encode   x (B, C, S, S) -> ConvEncoder -> (B, 2D) -> split -> mu (B, D), logvar (B, D)
         z        mu + exp(½ logvar) · eps                                    (B, D)

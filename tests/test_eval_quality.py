@@ -1,14 +1,14 @@
-"""Tests of course_lib.eval_metrics: Inception Score, k-NN precision / recall, FID vs sample size."""
+"""Tests of course_lib.eval.accuracy and course_lib.eval.coverage: Inception Score, k-NN precision / recall, FID vs sample size."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from course_lib.eval_metrics import (class_probabilities, fid_vs_sample_size, inception_score,
+from course_lib.eval import (class_probabilities, fid_vs_sample_size, inception_score,
                                      inception_score_from_probs, kl_to_marginal, knn_radii,
                                      precision_recall)
-from course_lib.judges import load_judge
+from course_lib.eval.judges import load_judge
 
 
 def _one_hot(labels, k):
@@ -182,7 +182,7 @@ def test_fid_vs_sample_size_is_biased_upwards_at_small_n_and_kid_is_not():
 
 
 def test_fid_vs_sample_size_at_full_size_equals_the_plain_metrics():
-    from course_lib.metrics import fid_from_features, kid_from_features
+    from course_lib.eval import fid_from_features, kid_from_features
 
     g = torch.Generator().manual_seed(3)
     real, fake = torch.randn(60, 4, generator=g), torch.randn(60, 4, generator=g) + 0.3

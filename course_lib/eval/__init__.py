@@ -1,0 +1,27 @@
+"""Every score the course gives a generator, in one package.
+
+=================  ==========================================================================
+file               what is inside
+=================  ==========================================================================
+``judges``         the digits and shapes judges (small classifiers shipped as safetensors),
+                   and ``extract_features``: images -> judge features
+``distances``      FID, KID, the real-vs-real baseline, FID against the sample size
+``accuracy``       did it draw what was asked: ``attribute_accuracy``, ``class_report``, and
+                   the Inception Score
+``coverage``       precision / recall and density / coverage
+=================  ==========================================================================
+
+All images are (N, C, H, W) in [0, 1]; a ``judge`` argument is ``"digits"``, ``"shapes"`` or a
+judge module. The names below can be imported from ``course_lib.eval`` directly.
+"""
+from course_lib.eval.accuracy import (attribute_accuracy, class_probabilities, class_report,
+                                      inception_score, inception_score_from_probs, kl_to_marginal)
+from course_lib.eval.coverage import knn_radii, precision_recall
+from course_lib.eval.distances import (feature_stats, fid, fid_from_features, fid_vs_sample_size, frechet_distance,
+                                 kid, kid_from_features, real_vs_real_baseline)
+from course_lib.eval.judges import extract_features, load_judge
+
+__all__ = ["load_judge", "extract_features", "feature_stats", "frechet_distance", "fid_from_features",
+           "kid_from_features", "fid", "kid", "real_vs_real_baseline", "fid_vs_sample_size",
+           "attribute_accuracy", "class_report", "class_probabilities", "kl_to_marginal",
+           "inception_score_from_probs", "inception_score", "knn_radii", "precision_recall"]
