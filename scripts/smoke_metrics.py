@@ -9,7 +9,8 @@ after, with the same seed, and compare::
 
 ``record`` executes each notebook in smoke mode (as the tests do) and keeps what ``save_run``
 wrote to ``metrics.json``, minus the ``run`` block (time stamps, versions) and the keys that
-measure wall-clock speed (their names contain one of ``TIMING_WORDS``). ``compare`` prints every
+measure wall-clock speed (their names contain one of ``TIMING_WORDS``); the temporary
+folder's path reads ``<workdir>``. ``compare`` prints every
 notebook whose numbers differ and exits with 1 if any do.
 """
 from __future__ import annotations
@@ -54,6 +55,7 @@ def record(out: Path, only: list[str]) -> None:
             for f in runs:
                 saved = json.loads(f.read_text())
                 saved.pop("run", None)
+                saved = json.loads(json.dumps(saved).replace(str(work), "<workdir>"))  # temp paths
                 metrics[str(f.parent.relative_to(work / "outputs" / "runs"))] = _drop_timings(saved)
         results[name] = metrics
         print(f"{name:55s} {seconds:6.1f} s  {len(metrics)} run(s)", flush=True)

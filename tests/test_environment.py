@@ -20,7 +20,7 @@ def pip_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
-        reqs += extra
+        reqs += [r for r in extra if not r.startswith(project["name"] + "[")]  # an extra naming another
     return dict(_split(r) for r in reqs)
 
 

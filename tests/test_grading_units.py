@@ -130,3 +130,26 @@ def test_symbolic_links_in_a_submission_are_never_followed(course):
     assert outcomes["datalinker"].score == 0
     job_dir = course.grading_dir("a1_gradients") / "sandboxes" / "datalinker"
     assert (job_dir / "a1_gradients.ipynb").exists() and not (job_dir / "data.txt").exists()
+
+
+def test_course_grade_without_the_instructor_extra_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from course_lib.grading import cli
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nbgrader" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit, match=r"(?s)instructor extra \(nbgrader missing\).*\[instructor\]"):
+        cli.main(["a1_gradients", "somewhere"])
+
+
+def test_a_learner_runs_the_assignments_without_the_instructor_extra():
+    """The graded checks a learner's notebook imports must not need nbgrader or sqlalchemy."""
+    import subprocess
+    import sys
+    code = ("import sys, importlib\n"
+            "sys.modules['nbgrader'] = None; sys.modules['sqlalchemy'] = None   # as if not installed\n"
+            "for a in ['a1', 'a2', 'a3', 'a4', 'a5', 'a6', 'a7']:\n"
+            "    importlib.import_module('course_lib.grading.' + a)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

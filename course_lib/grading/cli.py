@@ -98,8 +98,21 @@ def generate_feedback(course, assignment: str) -> str | None:
     return None
 
 
+INSTALL_HINT = "pip install -e '.[instructor]'   (or: pip install 'course_lib[instructor]')"
+
+
+def _require_instructor_extra() -> None:
+    """Grading needs nbgrader, which a learner's install leaves out: say how to get it."""
+    import importlib.util
+    missing = [m for m in ("nbgrader", "sqlalchemy") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"course-grade needs the instructor extra ({', '.join(missing)} missing). "
+                         f"Install it with:\n    {INSTALL_HINT}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
+    _require_instructor_extra()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", module="nbgrader")        # SQLAlchemy chatter in nbgrader
