@@ -167,7 +167,7 @@ def test_dropout_only_acts_in_training():
     assert not torch.allclose(mha(x, return_weights=True)[0], mha(x, return_weights=True)[0])
 
 
-# ----------------------------------------------------------------------------- attend_heads, cross-attention of another width
+# ----------------------------------------------------------------------------- attend_heads, cross-attention
 @pytest.mark.parametrize("use_sdpa", [True, False])
 def test_attend_heads_is_one_attention_per_slice_of_features(use_sdpa):
     q, k, v = torch.randn(2, 5, 12), torch.randn(2, 7, 12), torch.randn(2, 7, 6)

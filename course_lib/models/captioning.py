@@ -19,7 +19,8 @@ place of the source sentence):
    tokens talk to each other: ``memory`` of shape (B, N, dim), N = (S/4)².
 2. **Text decoder.** :class:`TextDecoder`: token + position embeddings, then a stack of
    :class:`CrossAttentionBlock`\\ s, each ``causal self-attention -> cross-attention to the
-   image tokens -> MLP`` (pre-LayerNorm, residual), and a linear head giving next-word scores.
+   image tokens -> feed-forward`` (the course's pre-LayerNorm :class:`~course_lib.nn.attention.TransformerBlock`
+   with cross-attention), and a linear head giving next-word scores.
 3. **Teacher forcing.** Training feeds the true sequence ``<bos> w1 ... wn`` and asks for
    ``w1 ... wn <eos>`` at every position at once (:func:`prefix_sequences`); the causal mask
    keeps position t from seeing the word it must predict.
