@@ -77,7 +77,7 @@ def test_future_tokens_do_not_change_earlier_logits(tok):
 def test_causal_test_would_catch_a_decoder_that_peeks(tok):
     model = small_model(tok)
     for block in model.decoder.blocks:
-        block.self_attn.causal = False                                 # break it on purpose
+        block.attn.causal = False                                      # break it on purpose
     images, tokens = torch.rand(1, 3, 32, 32), torch.randint(4, tok.vocab_size, (1, 8))
     changed = tokens.clone()
     changed[:, 5] = 4 if int(tokens[0, 5]) != 4 else 5

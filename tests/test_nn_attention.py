@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.nn.attention import (MultiHeadAttention, TransformerBlock, attention, causal_mask, merge_heads,
-                                     padding_mask, split_heads)
+from course_lib.nn.attention import (FeedForward, MultiHeadAttention, TransformerBlock, attend_heads, attention,
+                                     causal_mask, merge_heads, padding_mask, split_heads)
+from course_lib.nn.layers import MLP
 from course_lib.nn.embeddings import sinusoidal_positions
 
 
@@ -164,6 +165,74 @@ def test_dropout_only_acts_in_training():
     torch.testing.assert_close(mha(x), mha(x, return_weights=True)[0])
     mha.train()
     assert not torch.allclose(mha(x, return_weights=True)[0], mha(x, return_weights=True)[0])
+
+
+# ----------------------------------------------------------------------------- attend_heads, cross-attention
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_attend_heads_is_one_attention_per_slice_of_features(use_sdpa):
+    q, k, v = torch.randn(2, 5, 12), torch.randn(2, 7, 12), torch.randn(2, 7, 6)
+    mask = padding_mask(torch.tensor([7, 3]), 7)
+    out = attend_heads(q, k, v, 3, mask=mask, use_sdpa=use_sdpa)
+    assert out.shape == (2, 5, 6)
+    for h in range(3):                                    # head h: features 4h..4h+3 of q, k; 2h..2h+1 of v
+        want, _ = attention(q[..., 4 * h:4 * h + 4], k[..., 4 * h:4 * h + 4], v[..., 2 * h:2 * h + 2], mask[:, 0])
+        torch.testing.assert_close(out[..., 2 * h:2 * h + 2], want, atol=1e-6, rtol=1e-5)
+    out2, w = attend_heads(q, k, v, 3, mask=mask, use_sdpa=use_sdpa, return_weights=True)
+    torch.testing.assert_close(out2, out, atol=1e-6, rtol=1e-5)
+    assert w.shape == (2, 3, 5, 7) and (w[1, :, :, 3:] == 0).all()
+
+
+def test_cross_attention_to_a_context_of_another_width():
+    mha = MultiHeadAttention(16, 2, context_dim=6).eval()
+    assert mha.k_proj.in_features == mha.v_proj.in_features == 6 and "context_dim=6" in repr(mha)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 4, 6)
+    keep = padding_mask(torch.tensor([4, 2]), 4)
+    out, w = mha(x, context=ctx, mask=keep, return_weights=True)
+    q = mha.q_proj(x).view(2, 5, 2, 8).transpose(1, 2)                # the formula, by hand
+    k = mha.k_proj(ctx).view(2, 4, 2, 8).transpose(1, 2)
+    v = mha.v_proj(ctx).view(2, 4, 2, 8).transpose(1, 2)
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(~keep, float("-inf"))
+    want = mha.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(mha(x, context=ctx, mask=keep), want, atol=1e-6, rtol=1e-5)   # the fast path
+    assert (w[1, :, :, 2:] == 0).all()
+    with pytest.raises(ValueError, match="pass context"):
+        mha(x)
+    with pytest.raises(ValueError, match="context_dim=6"):
+        mha(x, context=torch.randn(2, 4, 16))
+    with pytest.raises(ValueError, match="self-attention"):
+        MultiHeadAttention(16, 2, causal=True, context_dim=6)
+
+
+def test_block_with_cross_attention_is_self_then_cross_then_feed_forward():
+    blk = TransformerBlock(16, 2, mlp_ratio=2.0, causal=True, context_dim=6).eval()
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 4, 6)
+    keep = padding_mask(torch.tensor([4, 1]), 4)
+    h = x + blk.attn(blk.ln1(x))                                        # causal self-attention
+    h = h + blk.cross_attn(blk.ln_cross(h), context=ctx, mask=keep)     # then read the context
+    want = h + blk.mlp(blk.ln2(h))
+    torch.testing.assert_close(blk(x, context=ctx, context_mask=keep), want)
+    out, w = blk(x, context=ctx, context_mask=keep, return_weights=True)
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-5)
+    assert w.shape == (2, 2, 5, 4) and (w[1, :, :, 1:] == 0).all()      # the cross-attention's weights
+    changed = ctx.clone()
+    changed[1, 1:] += 5.0                                               # padding of the context: no effect
+    changed[0, 0] += 5.0                                                # a real word of the context: an effect
+    torch.testing.assert_close(blk(x, context=changed, context_mask=keep)[1], want[1])
+    assert not torch.allclose(blk(x, context=changed, context_mask=keep)[0], want[0])
+    with pytest.raises(ValueError, match="pass context"):
+        blk(x)
+    with pytest.raises(ValueError, match="takes no context"):
+        TransformerBlock(16, 2)(x, context=torch.randn(2, 4, 16))
+    assert "cross_attn.k_proj.weight" in blk.state_dict()
+    assert not any("cross" in key for key in TransformerBlock(16, 2).state_dict())
+
+
+def test_feed_forward_and_the_generic_mlp_have_distinct_names():
+    ff = FeedForward(8, 32)
+    assert [name for name, _ in ff.named_children()] == ["fc1", "act", "fc2", "drop"]
+    assert ff(torch.randn(3, 4, 8)).shape == (3, 4, 8)
+    assert FeedForward is not MLP and isinstance(TransformerBlock(8, 2).mlp, FeedForward)
 
 
 # ----------------------------------------------------------------------------- positions and the block

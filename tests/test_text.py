@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from course_lib.data import parse_caption
-from course_lib.data.text import (BPETokenizer, CharTokenizer, WordTokenizer, caption_corpus, chunks,
-                             count_pairs, lm_pairs, merge_pair, pad_sequences, train_bpe)
+from course_lib.data.text import (GRAMMAR_WORDS, BPETokenizer, CaptionTokenizer, CharTokenizer, WordTokenizer,
+                                  caption_corpus, chunks, count_pairs, lm_pairs, merge_pair, pad_sequences, train_bpe)
 
 ODD_TEXTS = ["a small red circle at the top", "  two  spaces\tand a tab\n", "", "x",
              "héllo wörld — ünïcode ✓ 日本語 🙂", "trailing space "]
@@ -123,3 +123,48 @@ def test_lm_pairs_shift_by_one_and_ignore_padding():
     assert pad_sequences([[1], [2, 3]], pad_id=0, length=3).tolist() == [[1, 0, 0], [2, 3, 0]]
     with pytest.raises(ValueError, match="more than length"):
         pad_sequences([[1, 2, 3]], pad_id=0, length=2)
+
+
+# ----------------------------------------------------------------------------- the shapes vocabulary
+# The ids of every word, as CLIP, the captioner and text-to-image have given them since Phase 3:
+# trained models and exported pipelines depend on them, so they must never change.
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CLIP_IDS = SPECIALS + ["a", "above", "at", "below", "blue", "bottom", "center", "circle", "cross", "cyan",
+                       "diamond", "green", "large", "left", "magenta", "of", "red", "right", "small", "square",
+                       "the", "top", "triangle", "yellow"]
+CAPTIONING_IDS = SPECIALS + ["?", "a", "above", "at", "below", "blue", "bottom", "center", "circle", "colour",
+                             "cross", "cyan", "diamond", "green", "is", "it", "large", "left", "magenta", "no",
+                             "of", "red", "right", "shape", "size", "small", "square", "the", "top", "triangle",
+                             "what", "where", "yellow", "yes"]
+
+
+def test_caption_vocabulary_ids_never_change():
+    from course_lib.diffusion.text2image import make_tokenizer
+    from course_lib.models import clip
+    from course_lib.models.captioning import caption_tokenizer
+
+    assert list(GRAMMAR_WORDS) == CLIP_IDS[4:]
+    assert CaptionTokenizer().itos == CLIP_IDS
+    assert caption_tokenizer().itos == CAPTIONING_IDS
+    assert make_tokenizer().itos == SPECIALS + sorted(CLIP_IDS[4:] + ["shape"])
+    assert clip.CaptionTokenizer is CaptionTokenizer and clip.GRAMMAR_WORDS is GRAMMAR_WORDS   # re-exported
+
+
+def test_every_caption_of_the_grammar_is_in_the_vocabulary():
+    tok = CaptionTokenizer()
+    for text in caption_corpus(300, seed=5):
+        ids = tok.encode(text)
+        assert tok.unk_id not in ids and tok.decode(ids) == text
+
+
+def test_caption_tokenizer_pads_lowercases_and_refuses_long_texts():
+    tok = CaptionTokenizer(extra_words=["Photo"], context_length=8)
+    ids = tok(["A photo", "a red circle"])
+    assert ids.shape == (2, 8) and ids.dtype == torch.long
+    assert ids[0, :4].tolist() == [tok.bos_id, tok.stoi["a"], tok.stoi["photo"], tok.eos_id]
+    assert (ids[0, 4:] == tok.pad_id).all() and tok.decode_batch(ids) == ["a photo", "a red circle"]
+    assert tok("a dog")[0, 2].item() == tok.unk_id
+    with pytest.raises(ValueError, match="context_length=8"):
+        tok("a small red circle at the top left")
+    with pytest.raises(TypeError, match="list of words"):
+        CaptionTokenizer(extra_words="photo")

@@ -6,6 +6,9 @@ alphabet, and the corpus the course trains them on:
 
 - :class:`WordTokenizer`: one token per whitespace-separated word (tiny vocabulary for a
   closed grammar such as the shapes captions; unknown words become ``<unk>``).
+- :class:`CaptionTokenizer`: the word tokenizer of the shapes captions, with the fixed
+  vocabulary :data:`GRAMMAR_WORDS` (plus any extra words); strings -> padded id tensors. CLIP
+  (3 · 05), the captioner (3 · 06, with the question words) and text-to-image (4 · 07) share it.
 - :class:`CharTokenizer`: one token per character (never unknown inside its alphabet,
   but sequences are long).
 - :func:`train_bpe` -> :class:`BPETokenizer`: byte-pair encoding, learned from data.
@@ -44,12 +47,20 @@ from typing import Iterable, Sequence
 
 import torch
 
+from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES
+
 __all__ = ["caption_corpus", "chunks", "count_pairs", "merge_pair", "train_bpe", "BPETokenizer",
-           "CharTokenizer", "WordTokenizer", "SPECIAL_TOKENS", "pad_sequences", "lm_pairs"]
+           "CharTokenizer", "WordTokenizer", "GRAMMAR_WORDS", "CaptionTokenizer", "SPECIAL_TOKENS",
+           "pad_sequences", "lm_pairs"]
 
 NUM_BYTES = 256
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0..3 of Char/WordTokenizer
 _CHUNK = re.compile(r"\s?\S+|\s+(?!\S)")  # a word with one whitespace before it, or a gap
+
+#: Every word a caption of :mod:`course_lib.data.shapes` can contain, sorted: "a", "at", "the", the
+#: sizes, colours and shape kinds, and the words of the positions and relations ("top", "left", "of" ...).
+GRAMMAR_WORDS = tuple(sorted({"a", "at", "the", *SIZES, *COLOURS, *SHAPE_KINDS,
+                              *(w for phrase in POSITIONS + RELATIONS for w in phrase.split())}))
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -276,6 +287,56 @@ class WordTokenizer(_TableTokenizer):
     @staticmethod
     def join(symbols: list[str]) -> str:
         return " ".join(symbols)
+
+
+class CaptionTokenizer(WordTokenizer):
+    """Word tokens for shapes captions: ``"a red circle"`` -> ``<bos> a red circle <eos> <pad> ...``.
+
+    The vocabulary is fixed: the special tokens, then :data:`GRAMMAR_WORDS` and any
+    ``extra_words`` in one sorted list, so every run gives every word the same id (the
+    captioner adds its question words, text-to-image a placeholder word). Text is lower-cased and
+    cut at whitespace; a word outside the vocabulary becomes ``<unk>``.
+
+    Calling the tokenizer on a list of ``N`` strings returns ``(N, context_length)`` int64 ids:
+    ``<bos>``, the words, ``<eos>``, then ``<pad>`` (id 0). A text too long for ``context_length``
+    is an error, not cut silently.
+    """
+
+    def __init__(self, extra_words: Sequence[str] = (), context_length: int = 16):
+        if isinstance(extra_words, str):
+            raise TypeError("extra_words must be a list of words, not one string")
+        if not isinstance(context_length, int) or context_length < 3:
+            raise ValueError(f"context_length must be an int >= 3 (<bos>, a word, <eos>), got {context_length!r}")
+        super().__init__([*GRAMMAR_WORDS, *(w.lower() for w in extra_words)])
+        self.context_length = context_length
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return text.lower().split()
+
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """texts: one string or ``N`` strings -> ids ``(N, context_length)`` (``(1, T)`` for one string)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("the tokenizer takes a string or a list of strings")
+        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = self.encode(text, bos=True, eos=True)
+            if len(ids) > self.context_length:
+                raise ValueError(f"{text!r} is {len(ids)} tokens with <bos> and <eos>, more than "
+                                 f"context_length={self.context_length}; make a tokenizer with a larger one")
+            out[row, :len(ids)] = torch.tensor(ids)
+        return out
+
+    def decode_batch(self, tokens: torch.Tensor) -> list[str]:
+        """ids ``(N, T)`` -> ``N`` strings (the inverse of calling the tokenizer, up to case and spacing)."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (N, T), got {tuple(tokens.shape)}")
+        return [self.decode(row.tolist()) for row in tokens]
+
+    def __repr__(self) -> str:
+        return f"CaptionTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"
 
 
 class CharTokenizer(_TableTokenizer):

@@ -19,7 +19,8 @@ place of the source sentence):
    tokens talk to each other: ``memory`` of shape (B, N, dim), N = (S/4)².
 2. **Text decoder.** :class:`TextDecoder`: token + position embeddings, then a stack of
    :class:`CrossAttentionBlock`\\ s, each ``causal self-attention -> cross-attention to the
-   image tokens -> MLP`` (pre-LayerNorm, residual), and a linear head giving next-word scores.
+   image tokens -> feed-forward`` (the course's pre-LayerNorm :class:`~course_lib.nn.attention.TransformerBlock`
+   with cross-attention), and a linear head giving next-word scores.
 3. **Teacher forcing.** Training feeds the true sequence ``<bos> w1 ... wn`` and asks for
    ``w1 ... wn <eos>`` at every position at once (:func:`prefix_sequences`); the causal mask
    keeps position t from seeing the word it must predict.
@@ -50,12 +51,12 @@ from torch.utils.data import Dataset
 
 from course_lib.data.shapes import (ATTR_KEYS, COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES,
                                     caption_for, parse_caption)
-from course_lib.nn.attention import MLP, MultiHeadAttention, TransformerBlock
+from course_lib.data.text import CaptionTokenizer, WordTokenizer, pad_sequences
+from course_lib.nn.attention import TransformerBlock
 from course_lib.models.gpt import sample_logits
 from course_lib.nn.layers import ConvBlock
-from course_lib.data.text import WordTokenizer, pad_sequences
 
-__all__ = ["QUESTION_TYPES", "SINGLE_QUESTIONS", "PAIR_QUESTIONS", "caption_tokenizer", "ask",
+__all__ = ["QUESTION_TYPES", "SINGLE_QUESTIONS", "PAIR_QUESTIONS", "question_words", "caption_tokenizer", "ask",
            "vqa_examples", "prefix_sequences", "decode_ids", "ImageTextDataset", "ImageEncoder", "CrossAttentionBlock",
            "TextDecoder", "Captioner", "answer_questions", "caption_accuracy", "answer_accuracy"]
 
@@ -74,22 +75,23 @@ SINGLE_QUESTIONS = ("colour", "shape", "size", "position")   # for images with o
 PAIR_QUESTIONS = ("relation",)                                # for images with two objects
 
 
-def _vocabulary() -> list[str]:
-    """Every word a caption, a question or an answer can use."""
-    words = {"a", "at", "the", "?", "yes", "no"}
-    for group in (SIZES, _COLOUR_NAMES, SHAPE_KINDS, POSITIONS, RELATIONS, QUESTION_TYPES.values()):
-        for phrase in group:
-            words.update(w for w in phrase.split() if not w.startswith("{"))
+def question_words() -> list[str]:
+    """The words the questions and answers add to the caption grammar: the words of
+    :data:`QUESTION_TYPES` (without the ``{...}`` slots, which are filled with grammar words),
+    "yes" and "no" (the answers to a relation question)."""
+    words = {"yes", "no"}
+    for question in QUESTION_TYPES.values():
+        words.update(w for w in question.split() if not w.startswith("{"))
     return sorted(words)
 
 
-def caption_tokenizer() -> WordTokenizer:
-    """A word tokenizer for the shapes captions, the questions and their answers.
+def caption_tokenizer() -> CaptionTokenizer:
+    """The caption tokenizer for the shapes captions, the questions and their answers.
 
     ids 0..3 are ``<pad> <bos> <eos> <unk>`` (see :class:`course_lib.data.text.WordTokenizer`), then
-    the words of the grammar in sorted order (about 45 in all).
+    the words of the grammar and of :func:`question_words` in one sorted list (34 in all).
     """
-    return WordTokenizer(_vocabulary())
+    return CaptionTokenizer(extra_words=question_words())
 
 
 def ask(attrs_row: dict, qtype: str, rng: np.random.Generator | None = None) -> tuple[str, str]:
@@ -259,25 +261,19 @@ class ImageEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- decoder
-class CrossAttentionBlock(nn.Module):
+class CrossAttentionBlock(TransformerBlock):
     """A transformer decoder block (pre-LayerNorm), the text reading the image:
 
         x = x + SelfAttn(LN₁(x))              causal: word t sees words 0..t only
-        x = x + CrossAttn(LN₂(x), memory)     queries from the words, keys/values from the image
-        x = x + MLP(LN₃(x))                   each word thinks on its own
+        x = x + CrossAttn(LN(x), memory)      queries from the words, keys/values from the image
+        x = x + FeedForward(LN₂(x))           each word thinks on its own
 
-    x: (B, T, dim) text states; memory: (B, N, dim) image tokens.
+    It is the course's :class:`~course_lib.nn.attention.TransformerBlock` with ``causal=True`` and
+    cross-attention to image tokens of the same width. x: (B, T, dim) text states; memory: (B, N, dim).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(dim)
-        self.self_attn = MultiHeadAttention(dim, num_heads, dropout=dropout, causal=True)
-        self.ln2 = nn.LayerNorm(dim)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, dropout=dropout, causal=False)
-        self.ln3 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, int(round(dim * mlp_ratio)), dropout)
-        self.drop = nn.Dropout(dropout)
+        super().__init__(dim, num_heads, mlp_ratio, dropout, causal=True, context_dim=dim)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, return_weights: bool = False):
         """x: (B, T, dim), memory: (B, N, dim) -> (B, T, dim), or with ``return_weights=True``
@@ -285,14 +281,7 @@ class CrossAttentionBlock(nn.Module):
         if memory.ndim != 3 or memory.shape[0] != x.shape[0] or memory.shape[-1] != x.shape[-1]:
             raise ValueError(f"memory must be (B={x.shape[0]}, N, dim={x.shape[-1]}) image tokens, "
                              f"got {tuple(memory.shape)}")
-        x = x + self.drop(self.self_attn(self.ln1(x)))                      # x ← x + SelfAttn(LN(x))
-        if return_weights:
-            c, weights = self.cross_attn(self.ln2(x), context=memory, return_weights=True)
-        else:
-            c, weights = self.cross_attn(self.ln2(x), context=memory), None
-        x = x + self.drop(c)                                                # x ← x + CrossAttn(LN(x), M)
-        x = x + self.mlp(self.ln3(x))                                       # x ← x + MLP(LN(x))
-        return (x, weights) if return_weights else x
+        return super().forward(x, context=memory, return_weights=return_weights)
 
 
 class TextDecoder(nn.Module):

@@ -14,8 +14,9 @@ captions (rows), and every caption its own image among the ``B`` images (columns
 
 Pieces:
 
-- :class:`CaptionTokenizer`: the word tokenizer of :mod:`course_lib.data.text` with the fixed vocabulary
-  of the shapes caption grammar (:func:`course_lib.data.caption_for`); strings -> padded ids.
+- :class:`~course_lib.data.text.CaptionTokenizer`: the word tokenizer with the fixed vocabulary of
+  the shapes caption grammar (:func:`course_lib.data.caption_for`); strings -> padded ids. It lives
+  in :mod:`course_lib.data.text` and is imported here, as is ``GRAMMAR_WORDS``.
 - :class:`TextEncoder`: token embedding + learned positions + :class:`TransformerBlock` s.
   ``encode_tokens`` gives one feature vector per token ``(B, T, D)`` (what a text-to-image model
   cross-attends to in Phase 4); ``forward`` pools the ``<eos>`` token into one embedding ``(B, E)``.
@@ -34,70 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES
+from course_lib.data.text import GRAMMAR_WORDS, CaptionTokenizer   # noqa: F401 (re-exported; their home is data.text)
 from course_lib.nn.attention import TransformerBlock
 from course_lib.models.autoencoder import ConvEncoder
-from course_lib.data.text import WordTokenizer
 
 __all__ = ["GRAMMAR_WORDS", "CaptionTokenizer", "TextEncoder", "ImageEncoder", "CLIPModel",
            "similarity", "clip_loss", "class_embeddings", "zero_shot_classify", "recall_at_k",
            "MAX_LOGIT_SCALE", "INIT_TEMPERATURE"]
 
-# every word a caption of course_lib.data.shapes can contain
-GRAMMAR_WORDS = tuple(sorted({"a", "at", "the", *SIZES, *COLOURS, *SHAPE_KINDS,
-                              *(w for phrase in POSITIONS + RELATIONS for w in phrase.split())}))
 INIT_TEMPERATURE = 0.07          # CLIP starts at τ = 0.07, i.e. a logit scale s = 1/τ ≈ 14.3
 MAX_LOGIT_SCALE = 100.0          # ... and clips s at 100 "to prevent training instability"
-
-
-# ----------------------------------------------------------------------------- tokenizer
-class CaptionTokenizer(WordTokenizer):
-    """Word tokens for shapes captions: ``"a red circle"`` -> ``<bos> a red circle <eos> <pad> ...``.
-
-    The vocabulary is fixed (the special tokens of :mod:`course_lib.data.text`, then GRAMMAR_WORDS and
-    any ``extra_words``), so every run gives every word the same id. Text is lower-cased and cut at
-    whitespace; a word outside the vocabulary becomes ``<unk>``.
-
-    Calling the tokenizer on a list of ``N`` strings returns ``(N, context_length)`` int64 ids:
-    ``<bos>``, the words, ``<eos>``, then ``<pad>`` (id 0). A text too long for ``context_length``
-    is an error, not cut silently.
-    """
-
-    def __init__(self, extra_words: Sequence[str] = (), context_length: int = 16):
-        if isinstance(extra_words, str):
-            raise TypeError("extra_words must be a list of words, not one string")
-        if not isinstance(context_length, int) or context_length < 3:
-            raise ValueError(f"context_length must be an int >= 3 (<bos>, a word, <eos>), got {context_length!r}")
-        super().__init__([*GRAMMAR_WORDS, *(w.lower() for w in extra_words)])
-        self.context_length = context_length
-
-    @staticmethod
-    def split(text: str) -> list[str]:
-        return text.lower().split()
-
-    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """texts: one string or ``N`` strings -> ids ``(N, context_length)`` (``(1, T)`` for one string)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("the tokenizer takes a string or a list of strings")
-        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        for row, text in enumerate(texts):
-            ids = self.encode(text, bos=True, eos=True)
-            if len(ids) > self.context_length:
-                raise ValueError(f"{text!r} is {len(ids)} tokens with <bos> and <eos>, more than "
-                                 f"context_length={self.context_length}; make a tokenizer with a larger one")
-            out[row, :len(ids)] = torch.tensor(ids)
-        return out
-
-    def decode_batch(self, tokens: torch.Tensor) -> list[str]:
-        """ids ``(N, T)`` -> ``N`` strings (the inverse of calling the tokenizer, up to case and spacing)."""
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be (N, T), got {tuple(tokens.shape)}")
-        return [self.decode(row.tolist()) for row in tokens]
-
-    def __repr__(self) -> str:
-        return f"CaptionTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"
 
 
 # ----------------------------------------------------------------------------- encoders

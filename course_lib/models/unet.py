@@ -14,12 +14,11 @@
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from course_lib.nn.attention import attend_heads
 from course_lib.nn.embeddings import timestep_embedding
 from course_lib.nn.layers import _groups
 
@@ -61,7 +60,16 @@ class Attention(nn.Module):
     """Self-attention over the H*W pixels, then (if context_dim) cross-attention to a text.
 
     x: (B, C, H, W); context: (B, L, context_dim); context_mask: (B, L) bool, True at real tokens.
-    Each part is residual and its output projection starts at zero.
+
+        h = x + W_out · attend(q, k, v from GN(x))                       pixels look at pixels
+        h = h + W_cross_out · attend(q from LN(h); k, v from the text)   pixels read the words
+
+    The attention itself is :func:`course_lib.nn.attention.attend_heads`, the one every transformer
+    of the course uses. This block keeps the U-Net's own projections (their names are those of
+    saved and exported U-Nets): one fused ``qkv`` Linear for self-attention, ``q`` and a fused
+    ``kv`` Linear for cross-attention. Each part is residual and its output projection starts at
+    zero, so the block starts as the identity. With ``record_cross = True`` the cross-attention
+    runs the readable path and keeps its weights in ``last_cross_weights`` (B, heads, H*W, L).
     """
 
     def __init__(self, channels: int, num_heads: int = 4, context_dim: int | None = None):
@@ -70,43 +78,33 @@ class Attention(nn.Module):
             raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.norm = _norm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
+        self.qkv = nn.Linear(channels, 3 * channels)              # [W_q | W_k | W_v] in one matrix
         self.out = _zero(nn.Linear(channels, channels))
         self.context_dim = context_dim
         if context_dim is not None:
             self.norm_x = nn.LayerNorm(channels)
             self.q = nn.Linear(channels, channels)
-            self.kv = nn.Linear(context_dim, 2 * channels)
+            self.kv = nn.Linear(context_dim, 2 * channels)        # [W_k | W_v] of the text
             self.cross_out = _zero(nn.Linear(channels, channels))
         self.last_cross_weights: Tensor | None = None  # (B, heads, H*W, L) when record_cross=True
         self.record_cross = False
 
-    def _heads(self, x: Tensor) -> Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
-        B, N, C = x.shape
-        return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
-
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
         h = self.norm(x).flatten(2).transpose(1, 2)                        # (B, HW, C)
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        a = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
-        h_seq = x.flatten(2).transpose(1, 2) + self.out(a.transpose(1, 2).reshape(B, H * W, C))
+        q, k, v = self.qkv(h).chunk(3, dim=-1)                             # (B, HW, C) each
+        h_seq = x.flatten(2).transpose(1, 2) + self.out(attend_heads(q, k, v, self.num_heads))
         if self.context_dim is not None:
             if context is None:
                 raise ValueError("this U-Net cross-attends to a text: pass context=(B, L, context_dim)")
-            q = self._heads(self.q(self.norm_x(h_seq)))
-            k, v = (self._heads(z) for z in self.kv(context).chunk(2, dim=-1))
-            mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+            q = self.q(self.norm_x(h_seq))                                 # (B, HW, C): queries from the pixels
+            k, v = self.kv(context).chunk(2, dim=-1)                       # (B, L, C) each: from the words
+            mask = None if context_mask is None else context_mask[:, None, None, :].bool()   # no one reads <pad>
+            a = attend_heads(q, k, v, self.num_heads, mask, return_weights=self.record_cross)
             if self.record_cross:
-                scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-                if mask is not None:
-                    scores = scores.masked_fill(~mask, float("-inf"))
-                weights = scores.softmax(-1)
+                a, weights = a
                 self.last_cross_weights = weights.detach()
-                a = weights @ v
-            else:
-                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            h_seq = h_seq + self.cross_out(a.transpose(1, 2).reshape(B, H * W, C))
+            h_seq = h_seq + self.cross_out(a)
         return h_seq.transpose(1, 2).reshape(B, C, H, W)
 
 

@@ -206,6 +206,7 @@ class MLP(nn.Sequential):
 
     hidden_dims: the widths of the hidden layers (empty: a single linear layer).
     Images must be flattened first, e.g. ``nn.Sequential(nn.Flatten(), MLP(256, [128], 10))``.
+    (The feed-forward network inside a transformer block is :class:`course_lib.nn.attention.FeedForward`.)
     """
 
     def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, act: str = "relu",
