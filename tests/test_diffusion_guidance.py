@@ -11,10 +11,10 @@ from torch import nn
 
 from course_lib.diffusion import guidance as G
 from course_lib.diffusion.ddpm import sample
+from course_lib.diffusion.schedule import NoiseSchedule, q_sample
 from course_lib.diffusion.solver import DDIMRule
 from course_lib.eval.sweeps import guidance_sweep, within_class_spread
 from course_lib.models.noisy_classifier import NoiseAwareClassifier
-from course_lib.diffusion.schedule import NoiseSchedule, q_sample
 
 
 class ToyEps(nn.Module):

@@ -39,8 +39,8 @@ def test_run_sampler_counts_calls_and_returns_the_samples_of_its_seed():
 
 def test_compare_samplers_tabulates_every_rule_per_seed_with_and_without_a_judge():
     model, sched = Toy(), NoiseSchedule.make("linear", 20)
-    rules = {"DDIM 20, eta 1": None, "DDIM 5": DDIMRule(sched, 5), "PNDM 4": SchedulerRule(diffusers_scheduler("pndm", sched), 4)}
-    rules["DDIM 20, eta 1"] = DDIMRule(sched, 20, eta=1.0)
+    rules = {"DDIM 20, eta 1": DDIMRule(sched, 20, eta=1.0), "DDIM 5": DDIMRule(sched, 5),
+             "PNDM 4": SchedulerRule(diffusers_scheduler("pndm", sched), 4)}
     real = extract_features(torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)), judge="digits")
     table, images, fids = compare_samplers(model, rules, SHAPE, seeds=[1, 2, 3], real_features=real)
     assert list(table) == list(rules) and table["DDIM 5"]["model calls"] == 5

@@ -202,7 +202,10 @@ def classifier_guidance_fn(model: Callable, log_prob_fn: Callable[[Tensor, Tenso
 
 # --------------------------------------------------------------------------- requests for a sweep
 def class_labels(n_per_class: int, num_classes: int = 10) -> Tensor:
-    """Requests 0, 0, ..., 1, 1, ...: (num_classes * n_per_class,); a grid with nrow=n_per_class has one class per row."""
+    """Requests 0, 0, ..., 1, 1, ...: (num_classes * n_per_class,).
+
+    A grid with nrow=n_per_class has one class per row.
+    """
     if n_per_class < 1 or num_classes < 1:
         raise ValueError("n_per_class and num_classes must be positive")
     return torch.arange(num_classes).repeat_interleave(n_per_class)

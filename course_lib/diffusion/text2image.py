@@ -21,7 +21,6 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from course_lib.models.clip import CaptionTokenizer, TextEncoder
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
 from course_lib.diffusion.ddpm import ddpm_loss
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
@@ -29,6 +28,7 @@ from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import SchedulerRule
 from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.autoencoder import LatentAutoencoder
+from course_lib.models.clip import CaptionTokenizer, TextEncoder
 from course_lib.models.unet import UNet
 
 __all__ = ["PLACEHOLDER", "ATTRS", "make_tokenizer", "partial_caption", "training_captions",

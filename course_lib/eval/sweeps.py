@@ -40,7 +40,10 @@ class CountCalls(nn.Module):
 
 
 def run_sampler(model: nn.Module, rule: StepRule, shape: Sequence[int], seed: int, device=None) -> dict:
-    """One sampling run from the noise of ``seed``.  -> {"images" (B, C, H, W) in [0, 1], "seconds_per_image", "calls"}."""
+    """One sampling run from the noise of ``seed``.
+
+    Returns {"images": (B, C, H, W) in [0, 1], "seconds_per_image": wall time, "calls": model calls}.
+    """
     counted = CountCalls(model)
     start = time.perf_counter()
     x = sample(counted, shape, rule, generator=torch.Generator().manual_seed(seed), device=device, progress=False)
