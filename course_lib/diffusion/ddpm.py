@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from course_lib.diffusion.objectives import eps_from_v, v_target  # noqa: F401  (their old home)
 from course_lib.diffusion.path import DiffusionPath
 from course_lib.diffusion.schedule import NoiseSchedule
 
