@@ -1,13 +1,9 @@
 """Training-step speed: the course U-Net against diffusers.UNet2DModel at the same size.
 
-Both networks get the same architecture (channels 32/64/64, one ResBlock per level on the way
-down, two on the way up, self-attention at the 4 x 4 level and in the middle, GroupNorm with
-8 groups at 32 channels, sinusoidal time embedding -> MLP of width 128), so they have exactly the
-same parameter count (1,112,801 for one channel). One training step = forward, MSE to a noise target, backward and
-an AdamW step, on a batch of noisy 16 x 16 images with random steps t. The two models
-alternate step by step in one process and we time each step with the process's CPU time
-(time.process_time), so other programs on a busy machine do not count; we report the median
-over the timed steps.
+The measurement is ``course_lib.eval.speed.unet_training_speed`` (notebook 4 · 02 calls it too):
+the same architecture and parameter count on both sides, one training step = forward, MSE,
+backward, AdamW, the two models alternating in one process and timed with the process's CPU
+time; we report the median over the timed steps.
 
     python benchmarks/unet_speed.py                 # CPU, 1 thread, batch 128, 20 timed steps
     python benchmarks/unet_speed.py --steps 5 --batch 32 --threads 2
@@ -15,60 +11,10 @@ over the timed steps.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def course_unet(in_ch: int = 1):
-    from course_lib.models.unet import UNet
-    return UNet(in_ch, base=32, mults=(1, 2, 2), num_res_blocks=1, attn_levels=(2,))
-
-
-def diffusers_unet(in_ch: int = 1, size: int = 16):
-    from diffusers import UNet2DModel
-    return UNet2DModel(sample_size=size, in_channels=in_ch, out_channels=in_ch,
-                       block_out_channels=(32, 64, 64), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8, attention_head_dim=16)
-
-
-def count(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def benchmark(steps: int = 20, warmup: int = 3, batch: int = 128, size: int = 16, in_ch: int = 1,
-              seed: int = 0) -> dict:
-    """Median CPU milliseconds per training step of each model, measured alternately in this process.
-
-    Returns {"course": {"params", "ms"}, "diffusers": {...}, "ratio": diffusers_ms / course_ms}
-    (ratio >= 1 means the course U-Net is at least as fast).
-    """
-    torch.manual_seed(seed)
-    models = {"course": course_unet(in_ch), "diffusers": diffusers_unet(in_ch, size)}
-    calls = {"course": lambda m, x, t: m(x, t),
-             "diffusers": lambda m, x, t: m(x, t).sample}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_ch, size, size, generator=g)
-    noise = torch.randn(batch, in_ch, size, size, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g)
-    times = {k: [] for k in models}
-    for i in range(warmup + steps):
-        for name, model in models.items():
-            model.train()
-            start = time.process_time()
-            loss = torch.nn.functional.mse_loss(calls[name](model, x, t), noise)
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[name].step()
-            if i >= warmup:
-                times[name].append(time.process_time() - start)
-    out = {k: {"params": count(m), "ms": 1000 * statistics.median(times[k])} for k, m in models.items()}
-    out["ratio"] = out["diffusers"]["ms"] / out["course"]["ms"]
-    return out
+from course_lib.eval.speed import unet_training_speed
 
 
 def main() -> None:
@@ -79,7 +25,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    r = benchmark(a.steps, a.warmup, a.batch)
+    r = unet_training_speed(a.steps, a.warmup, a.batch)
     print(f"CPU time, {a.threads} thread(s), batch {a.batch} of 1 x 16 x 16, median of {a.steps} steps")
     for k in ("course", "diffusers"):
         print(f"{k:>10}: {r[k]['params']:,} parameters, {r[k]['ms']:.1f} ms per training step")

@@ -10,10 +10,28 @@ import math
 import pytest
 import torch
 
-from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_timesteps, ddpm_loss,
-                                       eps_from_v, guided_eps, predict_x0, reverse_step, sample, v_target)
-from course_lib.diffusion.schedule import (NoiseSchedule, cosine_betas, linear_betas, q_sample,
-                                           to_image_range, to_model_range)
+from course_lib.diffusion.ddpm import (
+    classifier_guided_eps,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_loss,
+    guided_eps,
+    predict_x0,
+    reverse_step,
+    sample,
+)
+from course_lib.diffusion.guidance import ClassifierFreeGuidance
+from course_lib.diffusion.objectives import EpsFromV, eps_from_v, v_target
+from course_lib.diffusion.path import DiffusionPath
+from course_lib.diffusion.schedule import (
+    NoiseSchedule,
+    cosine_betas,
+    linear_betas,
+    q_sample,
+    to_image_range,
+    to_model_range,
+)
+from course_lib.diffusion.solver import DDIMRule
 from course_lib.models.unet import UNet, count_parameters
 from course_lib.nn.embeddings import timestep_embedding
 
@@ -152,12 +170,13 @@ def test_sample_with_v_prediction_equals_the_eps_model():
         return (eps_model(x, t, y) - (1 - a).sqrt() * x) / a.sqrt()
 
     x_T, y = torch.randn(4, 1, 4, 4, generator=_gen()), torch.tensor([0, 1, 2, 3])
-    kw = dict(steps=10, x_T=x_T, cond={"y": y}, uncond={"y": torch.zeros_like(y)}, guidance_scale=2.0, progress=False)
-    want = sample(eps_model, (4, 1, 4, 4), sched, **kw)
-    torch.testing.assert_close(sample(v_model, (4, 1, 4, 4), sched, prediction="v", **kw), want, atol=1e-4, rtol=0)
-    assert (sample(v_model, (4, 1, 4, 4), sched, **kw) - want).abs().max() > 1e-2     # v read as eps is wrong
+    guided = lambda m: ClassifierFreeGuidance(m, {"y": y}, {"y": torch.zeros_like(y)}, 2.0)  # noqa: E731
+    run = lambda fn: sample(fn, (4, 1, 4, 4), DDIMRule(sched, 10), x_T=x_T, progress=False)  # noqa: E731
+    want = run(guided(eps_model))
+    torch.testing.assert_close(run(EpsFromV(guided(v_model), sched)), want, atol=1e-4, rtol=0)
+    assert (run(guided(v_model)) - want).abs().max() > 1e-2     # v read as eps is wrong
     with pytest.raises(ValueError, match="prediction"):
-        sample(eps_model, (4, 1, 4, 4), sched, prediction="x", **kw)
+        DiffusionPath(sched, prediction="x")
 
 
 # --------------------------------------------------------------------------- reverse process
@@ -240,16 +259,17 @@ class _ToyEps(torch.nn.Module):
 def test_sample_ddim_eta0_is_deterministic_and_full_chain_uses_noise():
     sched = NoiseSchedule.make("cosine", 40)
     model, x_T = _ToyEps(40), torch.randn(2, 1, 4, 4, generator=_gen())
-    a = sample(model, (2, 1, 4, 4), sched, steps=8, x_T=x_T, generator=_gen(1), progress=False)
-    b = sample(model, (2, 1, 4, 4), sched, steps=8, x_T=x_T, generator=_gen(2), progress=False)
+    ddim = DDIMRule(sched, 8)
+    a = sample(model, (2, 1, 4, 4), ddim, x_T=x_T, generator=_gen(1), progress=False)
+    b = sample(model, (2, 1, 4, 4), ddim, x_T=x_T, generator=_gen(2), progress=False)
     torch.testing.assert_close(a, b)
     c = sample(model, (2, 1, 4, 4), sched, x_T=x_T, generator=_gen(1), progress=False)
     d = sample(model, (2, 1, 4, 4), sched, x_T=x_T, generator=_gen(2), progress=False)
     assert (c - d).abs().max() > 1e-3 and c.abs().max() <= 1.5
-    x, frames = sample(model, (2, 1, 4, 4), sched, steps=8, x_T=x_T, trajectory_every=2, progress=False)
+    x, frames = sample(model, (2, 1, 4, 4), ddim, x_T=x_T, trajectory_every=2, progress=False)
     assert len(frames) == 5 and torch.equal(frames[0], x_T) and torch.equal(frames[-1], x)
     with pytest.raises(ValueError, match="x_T has shape"):
-        sample(model, (3, 1, 4, 4), sched, steps=2, x_T=x_T, progress=False)
+        sample(model, (3, 1, 4, 4), DDIMRule(sched, 2), x_T=x_T, progress=False)
 
 
 def test_our_ddim_equals_diffusers_ddim():
@@ -257,7 +277,7 @@ def test_our_ddim_equals_diffusers_ddim():
 
     sched = NoiseSchedule.make("linear", 200)
     model = _ToyEps(200)
-    ours = sample(model, (3, 1, 4, 4), sched, steps=10, eta=0.0, clip_x0=False, generator=_gen(5),
+    ours = sample(model, (3, 1, 4, 4), DDIMRule(sched, 10, eta=0.0, clip_x0=False), generator=_gen(5),
                   progress=False)
     scheduler = diffusers_scheduler("ddim", sched, clip_sample=False)
     torch.testing.assert_close(scheduler.betas.float(), sched.betas)

@@ -12,6 +12,9 @@ from torch import nn
 from course_lib.diffusion import guidance as G
 from course_lib.diffusion.ddpm import sample
 from course_lib.diffusion.schedule import NoiseSchedule, q_sample
+from course_lib.diffusion.solver import DDIMRule
+from course_lib.eval.sweeps import guidance_sweep, within_class_spread
+from course_lib.models.noisy_classifier import NoiseAwareClassifier
 
 
 class ToyEps(nn.Module):
@@ -101,16 +104,17 @@ def test_cfg_sample_scales_mean_unconditional_conditional_and_mix():
     labels = torch.tensor([0, 1, 2, 2])
     run = lambda scale: G.cfg_sample(model, labels, s, scale, steps=5, shape=(1, 2, 2),  # noqa: E731
                                      generator=torch.Generator().manual_seed(1))
-    plain = lambda y: sample(model, (4, 1, 2, 2), s, steps=5, cond={"y": y}, progress=False,  # noqa: E731
-                             generator=torch.Generator().manual_seed(1))
+    plain = lambda y: sample(G.ClassifierFreeGuidance(model, {"y": y}), (4, 1, 2, 2), DDIMRule(s, 5),  # noqa: E731
+                             progress=False, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(run(1.0), plain(labels))                        # s = 1: conditional
     torch.testing.assert_close(run(0.0), plain(torch.full_like(labels, 3)))    # s = 0: null label only
     # s = 2 on this linear model: eps = a x + b_u + 2 (b_y - b_u) = a x + b_{2y - u} in label space
     mixed = ToyEps(3)
     with torch.no_grad():
         mixed.b.copy_(2 * model.b - model.b[3])
-    torch.testing.assert_close(run(2.0), sample(mixed, (4, 1, 2, 2), s, steps=5, cond={"y": labels},
-                                                progress=False, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(run(2.0), sample(G.ClassifierFreeGuidance(mixed, {"y": labels}), (4, 1, 2, 2),
+                                                DDIMRule(s, 5), progress=False,
+                                                generator=torch.Generator().manual_seed(1)))
 
 
 # ----------------------------------------------------------------------------- noise-aware classifier
@@ -122,7 +126,7 @@ def _randomised(module: nn.Module) -> nn.Module:
 
 
 def test_classifier_shapes_errors_and_time_dependence():
-    clf = G.NoiseAwareClassifier(1, 10, base=8)
+    clf = NoiseAwareClassifier(1, 10, base=8)
     x, t = torch.randn(3, 1, 16, 16), torch.tensor([0, 10, 99])
     assert clf(x, t).shape == (3, 10)
     _randomised(clf)        # the zero-initialised ResBlock convs would hide t at initialisation
@@ -159,7 +163,7 @@ def test_classifier_learns_a_noisy_two_class_problem():
     """Bright vs dark images, seen through noise: a few steps must beat chance clearly."""
     torch.manual_seed(0)
     s = NoiseSchedule.make("linear", 100)
-    clf = G.NoiseAwareClassifier(1, 2, base=8, mults=(1, 2))
+    clf = NoiseAwareClassifier(1, 2, base=8, mults=(1, 2))
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(40):
@@ -210,13 +214,13 @@ def test_class_labels_and_within_class_spread_known_answers():
     assert G.class_labels(2, 3).tolist() == [0, 0, 1, 1, 2, 2]
     f = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [9.0, 9.0]])
     labels = torch.tensor([0, 0, 1, 1, 2])                               # class 2 has one sample: skipped
-    out = G.within_class_spread(f, labels)
+    out = within_class_spread(f, labels)
     assert out["per_class"] == pytest.approx({0: 5.0, 1: 0.0})
     assert out["mean"] == pytest.approx(2.5)
-    three = G.within_class_spread(torch.tensor([[0.0], [1.0], [3.0]]), torch.zeros(3))
+    three = within_class_spread(torch.tensor([[0.0], [1.0], [3.0]]), torch.zeros(3))
     assert three["mean"] == pytest.approx((1 + 3 + 2) / 3)               # mean over the 3 pairs
     with pytest.raises(ValueError):
-        G.within_class_spread(torch.zeros(3, 2), torch.zeros(4))
+        within_class_spread(torch.zeros(3, 2), torch.zeros(4))
 
 
 def test_guidance_sweep_on_real_digits_reads_high_accuracy_and_relative_spread_one():
@@ -226,11 +230,11 @@ def test_guidance_sweep_on_real_digits_reads_high_accuracy_and_relative_spread_o
     ds = load_dataset("digits", "test")
     x = torch.stack([ds[i][0] for i in range(200)])
     y = torch.tensor([ds[i][1] for i in range(200)])
-    real = G.within_class_spread(extract_features(x), y)["mean"]
-    rows, images = G.guidance_sweep(lambda s: x, [0.0, 2.0], y, real_spread=real, progress=False)
+    real = within_class_spread(extract_features(x), y)["mean"]
+    rows, images = guidance_sweep(lambda s: x, [0.0, 2.0], y, real_spread=real, progress=False)
     assert [r["scale"] for r in rows] == [0.0, 2.0] and set(images) == {0.0, 2.0}
     assert rows[0]["accuracy"] > 0.9
     assert rows[0]["relative_spread"] == pytest.approx(1.0)
-    wrong = G.guidance_sweep(lambda s: x, [1.0], (y + 1) % 10, progress=False)[0]
+    wrong = guidance_sweep(lambda s: x, [1.0], (y + 1) % 10, progress=False)[0]
     assert wrong[0]["accuracy"] < 0.1
     assert not math.isnan(wrong[0]["spread"])

@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
+from course_lib.diffusion.latent import encode_dataset, latent_scale_factor, scale_latents, unscale_latents
 from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.diffusion.latent import (encode_dataset, latent_scale_factor,
-                                         scale_latents, unscale_latents)
 
 
 @pytest.fixture

@@ -9,9 +9,21 @@ import torch
 from course_lib.data import sample_toy
 from course_lib.diffusion.ddpm import sample
 from course_lib.diffusion.schedule import NoiseSchedule
-from course_lib.diffusion.score import (GaussianMixture, ScoreMLP, annealed_langevin, checkerboard_fraction,
-                                        dsm_loss, energy_distance, eps_from_score, geometric_sigmas,
-                                        langevin, mode_share, probability_flow_ode, score_from_eps)
+from course_lib.diffusion.score import (
+    GaussianMixture,
+    ScoreMLP,
+    annealed_langevin,
+    checkerboard_fraction,
+    dsm_loss,
+    energy_distance,
+    eps_from_score,
+    geometric_sigmas,
+    langevin,
+    mode_share,
+    probability_flow_ode,
+    score_from_eps,
+)
+from course_lib.diffusion.solver import DDIMRule
 
 
 def _mixture(seed=0):
@@ -137,7 +149,7 @@ def test_pf_ode_euler_is_ddim_and_heun_is_accurate():
     model = _gaussian_eps_model(sched, s0)
     z = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     euler = probability_flow_ode(model, z, sched, 10, method="euler")
-    ddim = sample(model, (256, 2), sched, steps=10, eta=0.0, x_T=z, clip_x0=False, progress=False,
+    ddim = sample(model, (256, 2), DDIMRule(sched, 10, eta=0.0, clip_x0=False), x_T=z, progress=False,
                   device="cpu")
     torch.testing.assert_close(euler, ddim, atol=1e-4, rtol=1e-4)
     # exact solution: y = x / sqrt(a_bar) grows like sqrt(s0^2 + sigma^2)

@@ -1,18 +1,15 @@
-"""The DDPM objective, one reverse step, DDIM, the samplers and guidance.
+"""DDPM and DDIM, equation by equation: the loss, x0 from eps, one ancestral step, one DDIM step,
+and the two guidance formulas (Phase 4 · 02, 04, 06).
 
-Conventions are those of ``course_lib.diffusion.schedule``: x0 in [-1, 1], integer t in
-[0, T), ``x_t = sqrt(a_bar_t) x0 + sqrt(1 - a_bar_t) eps`` and a model ``model(x_t, t, **cond)``
-that returns its guess of eps with the shape of x_t.
+These are the pieces a learner writes in the notebooks and the assignments (a6, a7); they are
+plain functions of tensors. How they are *composed* lives elsewhere:
 
-Prediction targets: the network predicts eps by default. With ``prediction="v"`` it predicts
-the velocity of Salimans & Ho (2022) instead,
-
-    v = sqrt(a_bar_t) eps - sqrt(1 - a_bar_t) x0,   and back:  eps = sqrt(a_bar_t) v + sqrt(1 - a_bar_t) x_t,
-
-and ``sample`` turns its output into eps before any sampler step, so every sampler and the
-guidance work unchanged. Why it matters: through x0_hat, ||eps_hat - eps||^2 = SNR_t ||x0_hat - x0||^2
-while ||v_hat - v||^2 = (1 + SNR_t) ||x0_hat - x0||^2, so the eps loss barely cares about x0 at
-high noise (SNR -> 0), where a sample's overall colour and background are decided.
+- what is learned: ``path`` (the course's time convention, ``DiffusionPath``) and ``objectives``
+  (eps / v targets and conversions);
+- how it is sampled: ``solver`` (one loop, step rules ``AncestralRule`` and ``DDIMRule`` built on
+  ``reverse_step`` and ``ddim_step``, and the convenience ``sample``), ``guidance`` (classifier-free
+  and classifier guidance as wrappers around the model call) and ``schedulers`` (any `diffusers`
+  scheduler as a step rule). ``ddpm.sample`` is ``solver.sample``, importable from here too.
 
 Guidance scale convention (the one `diffusers` uses): ``eps = eps_u + s * (eps_c - eps_u)``;
 s = 1 is the plain conditional model, s = 0 the unconditional one, s > 1 pushes further
@@ -25,29 +22,11 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from course_lib.diffusion.schedule import NoiseSchedule, q_sample
+from course_lib.diffusion.path import DiffusionPath
+from course_lib.diffusion.schedule import NoiseSchedule
 
 VARIANCES = ("beta", "posterior")
-PREDICTIONS = ("eps", "v")
-
-
-def _check_prediction(prediction: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-
-
-def v_target(x0: Tensor, noise: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
-    """The velocity target  v = sqrt(a_bar_t) eps - sqrt(1 - a_bar_t) x0.   x0, noise: (B, ...); t: (B,)."""
-    a = schedule.at(schedule.alphas_cumprod, t, x0.dim()).to(x0)
-    return a.sqrt() * noise - (1 - a).sqrt() * x0
-
-
-def eps_from_v(v: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
-    """A v-prediction turned into the eps-prediction samplers use:  eps = sqrt(a_bar_t) v + sqrt(1 - a_bar_t) x_t."""
-    a = schedule.at(schedule.alphas_cumprod, t, x_t.dim()).to(x_t)
-    return a.sqrt() * v + (1 - a).sqrt() * x_t
 
 
 def ddpm_loss(model: Callable, x0: Tensor, schedule: NoiseSchedule, cond: Mapping | None = None,
@@ -58,16 +37,15 @@ def ddpm_loss(model: Callable, x0: Tensor, schedule: NoiseSchedule, cond: Mappin
     x0: (B, C, H, W) in [-1, 1]; t: (B,) steps (uniform in [0, T) when None); noise: like x0
     (standard normal when None); cond: keyword arguments for the model (labels, text, ...).
     prediction="v": the target is v = sqrt(a_bar_t) eps - sqrt(1 - a_bar_t) x0 instead of eps.
+    Random numbers (CPU ``generator``): first t, then the noise.
     """
-    _check_prediction(prediction)
-    B = x0.shape[0]
+    path = DiffusionPath(schedule, prediction)
     if t is None:
-        t = torch.randint(0, schedule.T, (B,), generator=generator, device="cpu").to(x0.device)
+        t = path.sample_t(x0.shape[0], generator, x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
-    xt = q_sample(x0, t, noise, schedule)
-    target = noise if prediction == "eps" else v_target(x0, noise, t, schedule)
-    return F.mse_loss(model(xt, t, **(cond or {})), target)
+    ps = path.sample(x0, noise, t)                                  # x_t and the target (eps or v)
+    return F.mse_loss(model(ps.x_t, t, **(cond or {})), ps.target)
 
 
 def predict_x0(eps: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
@@ -182,48 +160,10 @@ def classifier_guided_eps(eps: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSc
     return eps - scale * (1 - a).sqrt() * grad
 
 
-@torch.no_grad()
-def sample(model: Callable, shape: tuple[int, ...], schedule: NoiseSchedule, *,
-           steps: int | None = None, eta: float = 0.0, cond: Mapping | None = None,
-           uncond: Mapping | None = None, guidance_scale: float = 1.0,
-           generator: torch.Generator | None = None, device=None, x_T: Tensor | None = None,
-           variance: str = "beta", clip_x0: bool = True, trajectory_every: int = 0,
-           eps_fn: Callable | None = None, prediction: str = "eps", progress: bool = True):
-    """Generate a batch from noise.  Returns x0 (B, C, H, W) in [-1, 1], or (x0, frames).
-
-    steps=None: DDPM's ancestral chain through all T steps; steps=k: DDIM on k evenly spaced
-    steps with the given eta. cond/uncond/guidance_scale: classifier-free guidance (see
-    ``guided_eps``). eps_fn(x, t) replaces the model call entirely (classifier guidance).
-    prediction="v": the model predicts v; its (guided) output is turned into eps with ``eps_from_v``.
-    trajectory_every=k > 0 also returns every k-th intermediate x_t, for animations.
-    The noise comes from ``generator`` on the CPU, so a seed gives the same images on any device.
-    """
-    _check_prediction(prediction)
-    device = device or next(iter(getattr(model, "parameters", lambda: iter([torch.empty(0)]))())).device
-    randn = lambda: torch.randn(shape, generator=generator).to(device)  # noqa: E731
-    x = randn() if x_T is None else x_T.to(device)
-    if x.shape != torch.Size(shape):
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, expected {tuple(shape)}")
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    ts = list(range(schedule.T - 1, -1, -1)) if steps is None else ddim_timesteps(steps, schedule.T)
-    frames = [x.cpu()] if trajectory_every else None
-    for i, step in enumerate(tqdm(ts, desc="sampling", leave=False, disable=not progress)):
-        t = torch.full((shape[0],), step, device=device, dtype=torch.long)
-        if eps_fn:
-            eps = eps_fn(x, t)
-        else:
-            eps = guided_eps(model, x, t, cond, uncond, guidance_scale)
-            if prediction == "v":
-                eps = eps_from_v(eps, x, t, schedule)      # guidance is linear, so mixing v's is the same
-        if steps is None:
-            x = reverse_step(eps, x, t, schedule, randn(), variance=variance, clip_x0=clip_x0)
-        else:
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x = ddim_step(eps, x, t, t_prev, schedule, eta, randn() if eta > 0 else None, clip_x0=clip_x0)
-        if trajectory_every and ((i + 1) % trajectory_every == 0 or i + 1 == len(ts)):
-            frames.append(x.cpu())
-    if was_training:
-        model.train()
-    return (x, frames) if trajectory_every else x
+def __getattr__(name: str):
+    # ``ddpm.sample`` composes the solver loop, a step rule and the guidance wrappers, so it lives in
+    # ``solver`` (which imports this file); it is still reachable as ``course_lib.diffusion.ddpm.sample``.
+    if name == "sample":
+        from course_lib.diffusion.solver import sample
+        return sample
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

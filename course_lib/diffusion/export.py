@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import Tensor
-
 from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import Tensor
 
-from course_lib.models.clip import GRAMMAR_WORDS, CaptionTokenizer, TextEncoder
+from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import diffusers_scheduler, sample_with_scheduler
 from course_lib.diffusion.text2image import TextToImage
 from course_lib.models.autoencoder import LatentAutoencoder
+from course_lib.models.clip import GRAMMAR_WORDS, CaptionTokenizer, TextEncoder
 from course_lib.models.unet import UNet
 
 __all__ = ["CourseUNetModel", "CourseAutoencoderModel", "CourseTextEncoderModel",
@@ -159,8 +159,8 @@ class CourseTextToImagePipeline(DiffusionPipeline):
 
         shape = (len(prompts), *self.vae.net.latent_shape(image_size))
         # the loop every diffusers pipeline runs, with eps = eps_neg + s (eps_text - eps_neg)
-        latents = sample_with_scheduler(self.unet, self.scheduler, shape, num_inference_steps, cond=cond,
-                                        uncond=uncond, guidance_scale=guidance_scale, generator=generator,
+        guided = ClassifierFreeGuidance(self.unet, cond, uncond, guidance_scale)
+        latents = sample_with_scheduler(guided, self.scheduler, shape, num_inference_steps, generator=generator,
                                         device=device)
 
         images = self.vae.decode(latents / self.vae.config.scaling_factor)      # x = decode(z / scale)

@@ -1,7 +1,8 @@
 """Latent diffusion's latent space: the scale factor between an autoencoder and the diffusion.
 
 The autoencoder is :class:`course_lib.models.autoencoder.LatentAutoencoder`. The diffusion
-runs on ``scale * z`` where ``scale = 1 / std(z)`` over the training set (SD's 0.18215 is this number for its autoencoder), so the latents have unit variance like the
+runs on ``scale * z`` where ``scale = 1 / std(z)`` over the training set (SD's 0.18215 is this
+number for its autoencoder), so the latents have unit variance like the
 noise they are mixed with; decode with ``z / scale``:
 
     scale = latent_scale_factor(encode_dataset(ae, x_train))        # once, after training ae

@@ -1,15 +1,10 @@
-"""Noise schedules and the closed-form forward process q(x_t | x_0).
+"""Noise schedules and the closed-form forward process q(x_t | x_0) (Phase 4 · 01).
 
-One convention for the whole of Phase 4 (the one `diffusers` uses):
-- data ``x0`` lives in [-1, 1] (images in [0, 1] go through ``to_model_range`` first);
-- time is an integer index ``t = 0, 1, ..., T-1``; ``t = 0`` is the least noisy step and
-  ``t = T-1`` is (almost) pure noise;
-- ``beta_t`` is the variance added at step t, ``alpha_t = 1 - beta_t`` and
-  ``alpha_bar_t = prod_{s <= t} alpha_s``, so that
+Time and data follow the course's convention, stated once in ``course_lib.diffusion.path``
+(x0 in [-1, 1], integer t in [0, T), t = 0 the least noisy). The tables: ``beta_t`` is the
+variance added at step t, ``alpha_t = 1 - beta_t`` and ``alpha_bar_t = prod_{s <= t} alpha_s``, so
 
-      x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps,    eps ~ N(0, I)
-
-- the network predicts ``eps`` from ``(x_t, t)``.
+    x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps,    eps ~ N(0, I).
 """
 from __future__ import annotations
 

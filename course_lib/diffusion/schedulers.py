@@ -1,19 +1,22 @@
-"""Drive a course model with any `diffusers` scheduler (DDPM, DDIM, PNDM, DPM-Solver, Euler ...).
+"""Any `diffusers` scheduler (DDPM, DDIM, PNDM, DPM-Solver, Euler ...) as a step rule (Phase 4 · 04).
 
 The scheduler gets our exact betas (``trained_betas``), so it sees the same diffusion the model
 was trained on; it then decides which steps to visit and how to combine the model's eps
-predictions. ``diffusers`` is imported only when these functions are called.
+predictions. :class:`SchedulerRule` adapts its ``set_timesteps`` / ``scale_model_input`` /
+``step`` to the course's one sampling loop (``course_lib.diffusion.solver``), so guidance and the
+v -> eps conversion wrap the model exactly as for the course's own rules.
+``diffusers`` is imported only when these functions are called.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import inspect
+from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from course_lib.diffusion.ddpm import guided_eps
 from course_lib.diffusion.schedule import NoiseSchedule
+from course_lib.diffusion.solver import sample
 
 SCHEDULERS = ("ddpm", "ddim", "pndm", "dpm", "euler")
 
@@ -42,31 +45,42 @@ def diffusers_scheduler(name: str, schedule: NoiseSchedule, **kwargs):
     return classes[name](**config, **kwargs)
 
 
-@torch.no_grad()
-def sample_with_scheduler(model: Callable, scheduler, shape: tuple[int, ...], steps: int, *,
-                          cond: Mapping | None = None, uncond: Mapping | None = None,
-                          guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-                          device=None, progress: bool = True) -> Tensor:
-    """Sample (B, C, H, W) in [-1, 1] with a `diffusers` scheduler and ``steps`` model calls' worth of steps.
+class SchedulerRule:
+    """A `diffusers` scheduler as a step rule of ``solver.solve``, with ``steps`` of its steps.
 
-    The loop every `diffusers` pipeline runs:  x ~ N(0, sigma_max^2 I); for t in timesteps:
-    eps = model(scale_model_input(x, t), t); x = scheduler.step(eps, t, x).prev_sample.
+    The loop every `diffusers` pipeline runs, in the rule's words: x = x_T * init_noise_sigma;
+    for t in timesteps: eps = model(scale_model_input(x, t), t); x = step(eps, t, x).prev_sample.
+    Stochastic schedulers draw their noise from the loop's CPU generator. ``start`` calls
+    ``set_timesteps`` again, which clears a multistep solver's history, so a rule can be reused.
     """
-    device = device or next(model.parameters()).device
-    scheduler.set_timesteps(steps)
-    x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
-    was_training = model.training
-    model.eval()
-    for t in tqdm(scheduler.timesteps, desc=type(scheduler).__name__, leave=False, disable=not progress):
-        x_in = scheduler.scale_model_input(x, t)
-        tt = t.to(device).expand(shape[0])  # some schedulers (Euler) visit fractional steps
-        eps = guided_eps(model, x_in, tt, cond, uncond, guidance_scale)
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample if _takes_generator(scheduler) \
-            else scheduler.step(eps, t, x).prev_sample
-    model.train(was_training)
-    return x
+
+    def __init__(self, scheduler, steps: int):
+        self.scheduler, self.steps = scheduler, steps
+        scheduler.set_timesteps(steps)
+        self.timesteps = scheduler.timesteps
+        self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+
+    def start(self, x_T: Tensor) -> Tensor:
+        self.scheduler.set_timesteps(self.steps)
+        self.timesteps = self.scheduler.timesteps
+        return x_T * self.scheduler.init_noise_sigma
+
+    def t_at(self, i: int, x: Tensor) -> Tensor:
+        """The scheduler's i-th step for every sample, (B,); some schedulers (Euler) visit fractional steps."""
+        return self.timesteps[i].to(x.device).expand(x.shape[0])
+
+    def model_input(self, x: Tensor, i: int) -> Tensor:
+        return self.scheduler.scale_model_input(x, self.timesteps[i])
+
+    def step(self, eps: Tensor, x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        extra = {"generator": generator} if self._takes_generator else {}
+        return self.scheduler.step(eps, self.timesteps[i], x, **extra).prev_sample
 
 
-def _takes_generator(scheduler) -> bool:
-    import inspect
-    return "generator" in inspect.signature(scheduler.step).parameters
+def sample_with_scheduler(fn: Callable, scheduler, shape: tuple[int, ...], steps: int,
+                          generator: torch.Generator | None = None, device=None, progress: bool = True) -> Tensor:
+    """Sample (B, C, H, W) in [-1, 1] with a `diffusers` scheduler: ``solver.sample`` with a :class:`SchedulerRule`.
+
+    fn(x, t) -> eps: the network, or a wrapped one (e.g. ``guidance.ClassifierFreeGuidance``).
+    """
+    return sample(fn, shape, SchedulerRule(scheduler, steps), generator=generator, device=device, progress=progress)

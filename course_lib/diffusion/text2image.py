@@ -21,12 +21,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from course_lib.models.clip import CaptionTokenizer, TextEncoder
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
-from course_lib.diffusion.ddpm import ddpm_loss, sample
+from course_lib.diffusion.ddpm import ddpm_loss
+from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
-from course_lib.diffusion.schedulers import sample_with_scheduler
+from course_lib.diffusion.schedulers import SchedulerRule
+from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.autoencoder import LatentAutoencoder
+from course_lib.models.clip import CaptionTokenizer, TextEncoder
 from course_lib.models.unet import UNet
 
 __all__ = ["PLACEHOLDER", "ATTRS", "make_tokenizer", "partial_caption", "training_captions",
@@ -163,26 +165,25 @@ class TextToImage(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
                  guidance_scale: float = 3.0, steps: int = 20, num_images: int | None = None,
-                 image_size: int = 32, generator: torch.Generator | None = None, scheduler=None,
-                 eta: float = 0.0, return_latents: bool = False, progress: bool = False) -> Tensor:
+                 image_size: int = 32, generator: torch.Generator | None = None, sampler=None,
+                 return_latents: bool = False) -> Tensor:
         """Images (B, 3, S, S) in [0, 1] for B prompts (or ``num_images`` copies of one prompt).
 
         Guidance: eps = eps_neg + s (eps_text - eps_neg), where eps_neg is the model on the
         negative prompt, or on the empty caption when there is none. Sampling: the course DDIM
-        with ``steps`` steps, or a `diffusers` ``scheduler`` (see ``course_lib.diffusion.schedulers``).
+        (eta = 0, no clipping) with ``steps`` steps; ``sampler`` may instead be a `diffusers`
+        scheduler (run for ``steps`` steps, see ``course_lib.diffusion.schedulers``) or any step rule.
         """
         was_training = self.training
         self.eval()
         cond, uncond = self._conditions(prompt, negative_prompt, num_images)
         shape = (cond["context"].shape[0], *self.latent_shape(image_size))
-        if scheduler is None:
-            z = sample(self.unet, shape, self.schedule, steps=steps, eta=eta, cond=cond, uncond=uncond,
-                       guidance_scale=guidance_scale, generator=generator, device=self.device,
-                       clip_x0=False, progress=progress)
+        if sampler is None:
+            rule = DDIMRule(self.schedule, steps, clip_x0=False)
         else:
-            z = sample_with_scheduler(self.unet, scheduler, shape, steps, cond=cond, uncond=uncond,
-                                      guidance_scale=guidance_scale, generator=generator,
-                                      device=self.device, progress=progress)
+            rule = sampler if hasattr(sampler, "t_at") else SchedulerRule(sampler, steps)
+        guided = ClassifierFreeGuidance(self.unet, cond, uncond, guidance_scale)
+        z = sample(guided, shape, rule, generator=generator, device=self.device, progress=False)
         self.train(was_training)
         return z if return_latents else self.decode_latents(z)
 
