@@ -36,7 +36,8 @@ from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import diffusers_scheduler, sample_with_scheduler
 from course_lib.diffusion.text2image import TextToImage
 from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.models.clip import GRAMMAR_WORDS, CaptionTokenizer, TextEncoder
+from course_lib.data.text import GRAMMAR_WORDS, CaptionTokenizer
+from course_lib.models.clip import TextEncoder
 from course_lib.models.unet import UNet
 
 __all__ = ["CourseUNetModel", "CourseAutoencoderModel", "CourseTextEncoderModel",
@@ -96,7 +97,7 @@ class CourseTextEncoderModel(ModelMixin, ConfigMixin):
         self.tokenizer = CaptionTokenizer(extra_words=extra, context_length=context_length)
         if vocabulary and self.tokenizer.itos != list(vocabulary):
             raise ValueError("the saved vocabulary does not match CaptionTokenizer's: the grammar of "
-                             "course_lib.models.clip changed since this model was exported")
+                             "course_lib.data.text changed since this model was exported")
         self.net = TextEncoder(self.tokenizer.vocab_size, context_length, dim, depth, num_heads,
                                embed_dim, pad_id, eos_id, pool)
 

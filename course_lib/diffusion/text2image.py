@@ -28,7 +28,8 @@ from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import SchedulerRule
 from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.models.clip import CaptionTokenizer, TextEncoder
+from course_lib.data.text import CaptionTokenizer
+from course_lib.models.clip import TextEncoder
 from course_lib.models.unet import UNet
 
 __all__ = ["PLACEHOLDER", "ATTRS", "make_tokenizer", "partial_caption", "training_captions",

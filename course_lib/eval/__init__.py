@@ -9,10 +9,13 @@ file               what is inside
 ``accuracy``       did it draw what was asked: ``attribute_accuracy``, ``class_report``, and
                    the Inception Score
 ``coverage``       precision / recall and density / coverage
+``sweeps``         the sampler comparison harness (``compare_samplers``), guidance sweeps
+``speed``          training speed of the course U-Net against `diffusers`' UNet2DModel
 =================  ==========================================================================
 
 All images are (N, C, H, W) in [0, 1]; a ``judge`` argument is ``"digits"``, ``"shapes"`` or a
-judge module. The names below can be imported from ``course_lib.eval`` directly.
+judge module. The names below can be imported from ``course_lib.eval`` directly; ``sweeps``
+and ``speed`` are imported by file (they run models).
 """
 from course_lib.eval.accuracy import (attribute_accuracy, class_probabilities, class_report,
                                       inception_score, inception_score_from_probs, kl_to_marginal)

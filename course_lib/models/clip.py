@@ -16,7 +16,7 @@ Pieces:
 
 - :class:`~course_lib.data.text.CaptionTokenizer`: the word tokenizer with the fixed vocabulary of
   the shapes caption grammar (:func:`course_lib.data.caption_for`); strings -> padded ids. It lives
-  in :mod:`course_lib.data.text` and is imported here, as is ``GRAMMAR_WORDS``.
+  in :mod:`course_lib.data.text`, beside ``GRAMMAR_WORDS``, and is shared with captioning and text-to-image.
 - :class:`TextEncoder`: token embedding + learned positions + :class:`TransformerBlock` s.
   ``encode_tokens`` gives one feature vector per token ``(B, T, D)`` (what a text-to-image model
   cross-attends to in Phase 4); ``forward`` pools the ``<eos>`` token into one embedding ``(B, E)``.
@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.data.text import GRAMMAR_WORDS, CaptionTokenizer   # noqa: F401 (re-exported; their home is data.text)
+from course_lib.data.text import CaptionTokenizer
 from course_lib.nn.attention import TransformerBlock
 from course_lib.models.autoencoder import ConvEncoder
 
-__all__ = ["GRAMMAR_WORDS", "CaptionTokenizer", "TextEncoder", "ImageEncoder", "CLIPModel",
+__all__ = ["TextEncoder", "ImageEncoder", "CLIPModel",
            "similarity", "clip_loss", "class_embeddings", "zero_shot_classify", "recall_at_k",
            "MAX_LOGIT_SCALE", "INIT_TEMPERATURE"]
 
