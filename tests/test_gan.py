@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
+from course_lib.train import EMA
 from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator,
                             d_loss_minimax, d_loss_nonsaturating, g_loss_minimax,
                             g_loss_nonsaturating, gradient_penalty, has_spectral_norm,
-                            mode_coverage, random_translate, train_gan, wgan_d_loss,
+                            gan_loop, mode_coverage, random_translate, train_gan, wgan_d_loss,
                             wgan_g_loss)
 
 LOG3 = math.log(3.0)
@@ -251,3 +252,84 @@ def test_train_gan_augments_real_and_fake_before_d():
     train_gan(MLPGenerator(2, 2, 8, 1), MLPDiscriminator(2, 8, 1), data, steps=3, n_critic=2,
               batch_size=16, augment=augment, progress=False)
     assert len(seen) == 3 * (2 * 2 + 1)                          # real + fake per D step, fake per G step
+
+
+# --------------------------------------------------------------------------- gan_loop
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    G, D = MLPGenerator(2, 2, 8, 1), MLPDiscriminator(2, 8, 1)
+    return G, D, torch.optim.Adam(G.parameters(), 1e-2), torch.optim.Adam(D.parameters(), 1e-2)
+
+
+def _stream(G, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        x = torch.randn(16, 2, generator=g) + 3
+        yield x, G(torch.randn(16, 2, generator=g))
+
+
+def _d_loss(D):
+    return lambda b: d_loss_nonsaturating(D(b[0]), D(b[1].detach()))
+
+
+def _g_loss(D):
+    return lambda b: (g_loss_nonsaturating(D(b[1])), {"fake mean": b[1].mean()})
+
+
+def test_gan_loop_equals_the_hand_written_loop():
+    G, D, opt_g, opt_d = _pair()                                  # by hand: D step, G step, EMA
+    ema, stream, d_losses = EMA(G, 0.9), _stream(G), []
+    for _ in range(5):
+        batch = next(stream)
+        loss_d = _d_loss(D)(batch)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g, _ = _g_loss(D)(batch)
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        ema.update(G)
+        d_losses.append(loss_d.item())
+    G2, D2, opt_g2, opt_d2 = _pair()
+    h = gan_loop(_d_loss(D2), _g_loss(D2), _stream(G2), opt_d2, opt_g2, steps=5, G=G2,
+                 ema_decay=0.9, progress=False)
+    for a, b in zip([*G.parameters(), *D.parameters(), *ema.model.parameters()],
+                    [*G2.parameters(), *D2.parameters(), *h.generator.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert h.curves["D loss"] == d_losses
+    assert list(h.curves) == ["D loss", "G loss", "fake mean"] and len(h.curves["fake mean"]) == 5
+
+
+def test_gan_loop_order_critic_steps_and_schedulers():
+    calls = []
+    G, D, opt_g, opt_d = _pair()
+    batches = iter(range(100))
+
+    def d_loss(b):
+        calls.append(("D", b))
+        return D(torch.full((1, 2), float(b))).mean() * 0 + b
+
+    def g_loss(b):
+        calls.append(("G", b))
+        return G(torch.zeros(1, 2)).mean() * 0 + 10 * b
+
+    sched = torch.optim.lr_scheduler.StepLR(opt_g, step_size=1, gamma=0.5)
+    h = gan_loop(d_loss, g_loss, batches, opt_d, opt_g, steps=2, n_critic=3, schedulers=[sched],
+                 progress=False)
+    assert calls == [("D", 0), ("D", 1), ("D", 2), ("G", 2), ("D", 3), ("D", 4), ("D", 5), ("G", 5)]
+    assert h.curves["D loss"] == [1.0, 4.0] and h.curves["G loss"] == [20.0, 50.0]  # critic mean
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+    calls.clear()
+    gan_loop(d_loss, g_loss, iter(range(100)), opt_d, opt_g, steps=2, g_first=True, progress=False)
+    assert calls == [("G", 0), ("D", 0), ("G", 1), ("D", 1)]
+
+
+def test_gan_loop_clear_errors():
+    G, D, opt_g, opt_d = _pair()
+    with pytest.raises(TypeError, match="scalar tensor"):
+        gan_loop(lambda b: D(b[0]), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, progress=False)
+    with pytest.raises(ValueError, match="n_critic must be 1"):
+        gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, n_critic=2, g_first=True)
+    with pytest.raises(ValueError, match="pass G="):
+        gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, ema_decay=0.9)
