@@ -142,3 +142,40 @@ def test_the_standard_check_catches_a_broken_notebook(tmp_path):
     nbformat.write(nb, broken)
     problems = standard_problems(broken)
     assert any("title" in p for p in problems) and any("parameters" in p for p in problems)
+
+
+def _with_setup_and_cell(tmp_path, setup_extra: str, later: str):
+    """A copy of a Phase 1 notebook with lines added to its set-up cell and one code cell appended."""
+    nb = nbformat.read(ROOT / "notebooks" / "1_foundations" / "01_python_numpy.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    setup = code[[i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])][0] + 1]
+    setup.source += setup_extra
+    nb.cells.append(nbformat.v4.new_code_cell(later))
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    return standard_problems(path)
+
+
+@pytest.mark.parametrize("later", [
+    "n = 10 if cfg.smoke else 1000",                     # a ternary
+    "steps = cfg.pick(smoke=1, full=2)",
+    "if not SMOKE:\n    print('full')",
+    "print(f\"{'smoke' if cfg.smoke else 'full'} run\")",  # inside an f-string
+    "from course_lib.config import is_smoke\nfast = is_smoke()",
+])
+def test_a_smoke_full_decision_outside_the_set_up_cell_fails(tmp_path, later):
+    problems = _with_setup_and_cell(tmp_path, "", later)
+    assert any("smoke/full decision outside" in p for p in problems), problems
+
+
+def test_comments_and_other_words_are_not_decisions(tmp_path):
+    later = "# in smoke mode (cfg.pick in the set-up cell) this is tiny\nsmoked = 3  # not a decision"
+    assert _with_setup_and_cell(tmp_path, "", later) == []
+
+
+def test_a_long_set_up_cell_or_a_helper_in_it_fails(tmp_path):
+    long = "".join(f"\nKNOB_{i} = {i}" for i in range(25))     # the cell already has a few lines
+    problems = _with_setup_and_cell(tmp_path, long, "x = 1")
+    assert any("non-blank lines (at most 25:" in p for p in problems), problems
+    problems = _with_setup_and_cell(tmp_path, "\ndef helper(x):\n    return x", "x = 1")
+    assert any("not `helper`" in p for p in problems), problems
