@@ -331,5 +331,8 @@ def test_gan_loop_clear_errors():
         gan_loop(lambda b: D(b[0]), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, progress=False)
     with pytest.raises(ValueError, match="n_critic must be 1"):
         gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, n_critic=2, g_first=True)
+    with pytest.raises(ValueError, match="ran out at generator step 4 of 5"):
+        gan_loop(lambda b: D(b).mean(), lambda b: G(b).mean(), [torch.zeros(1, 2)] * 3, opt_d, opt_g,            # three batches: steps 1-3
+                 steps=5, progress=False)
     with pytest.raises(ValueError, match="pass G="):
         gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, ema_decay=0.9)

@@ -1,4 +1,4 @@
-"""Generative adversarial networks: losses, DCGAN and toy MLP networks, a short training loop.
+"""Generative adversarial networks: losses, DCGAN and toy MLP networks, one short training loop.
 
 A GAN (Goodfellow et al., 2014) trains two networks against each other. The discriminator D
 tells real samples from generated ones; the generator G turns noise z ~ N(0, I) into samples
@@ -9,6 +9,11 @@ that D cannot tell apart from the data:
     G, D = Generator(latent_dim=32, out_ch=1, image_size=16), Discriminator(in_ch=1, image_size=16)
     hist = train_gan(G, D, X, steps=5000, loss="nonsaturating", ema_decay=0.999)  # X: (N, 1, 16, 16) in [-1, 1]
     samples = (hist.generator(G.sample_z(64)) + 1) / 2                          # (64, 1, 16, 16) in [0, 1]
+
+Any other GAN (conditional, style-based, pix2pix, CycleGAN: Phase 3 · 03) writes its two losses
+and runs on the same loop, :func:`gan_loop`, which ``train_gan`` uses too::
+
+    hist = gan_loop(d_loss, g_loss, batches, opt_d, opt_g, steps=800, G=G, ema_decay=0.99)
 
 Conventions used throughout this module:
 
@@ -23,7 +28,7 @@ Conventions used throughout this module:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from dataclasses import dataclass, field
 
@@ -436,7 +441,7 @@ def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.step()
 
 
-def gan_loop(d_loss: Callable[[Any], Any], g_loss: Callable[[Any], Any], batches: Iterator[Any],
+def gan_loop(d_loss: Callable[[Any], Any], g_loss: Callable[[Any], Any], batches: Iterable[Any],
              opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer, *, steps: int,
              n_critic: int = 1, g_first: bool = False, G: nn.Module | None = None,
              ema_decay: float | None = None, schedulers: tuple = (),
@@ -473,7 +478,14 @@ def gan_loop(d_loss: Callable[[Any], Any], g_loss: Callable[[Any], Any], batches
         raise ValueError("ema_decay needs the generator: pass G=... (the model whose weights to average)")
     ema = EMA(G, ema_decay) if ema_decay is not None else None
     history = GANHistory(generator=ema.model if ema is not None else G)
-    start = time.perf_counter()
+    stream, start = iter(batches), time.perf_counter()
+
+    def next_batch() -> Any:
+        try:
+            return next(stream)
+        except StopIteration:
+            raise ValueError(f"batches ran out at generator step {step} of {steps}: pass an endless "
+                             "stream (e.g. a generator with `while True:`)") from None
 
     def d_step(batch: Any) -> dict[str, float]:
         loss, logs = _unpack(d_loss(batch), "discriminator")
@@ -490,13 +502,13 @@ def gan_loop(d_loss: Callable[[Any], Any], g_loss: Callable[[Any], Any], batches
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1.0)
     for step in bar:
         if g_first:
-            batch = next(batches)
+            batch = next_batch()
             g_logs = g_step(batch)
             d_logs = d_step(batch)
         else:
             d_logs = {}
             for _ in range(n_critic):                       # the discriminator/critic
-                batch = next(batches)
+                batch = next_batch()
                 for key, value in d_step(batch).items():
                     d_logs[key] = d_logs.get(key, 0.0) + value
             d_logs = {key: value / n_critic for key, value in d_logs.items()}
