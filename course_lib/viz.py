@@ -529,14 +529,14 @@ def draw_graph(root: Any, title: str | None = None, save: str | os.PathLike | No
         for operand, local in n.edges:
             (x0, y0), (x1, y1) = pos[id(operand)], pos[id(n)]
             ax.annotate("", xy=(x1 - 0.55, y1), xytext=(x0 + 0.55, y0),
-                        arrowprops=dict(arrowstyle="->", color="gray"))
+                        arrowprops={"arrowstyle": "->", "color": "gray"})
             ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, f"{local:.3g}", fontsize=7,
                     color="C3", ha="center")
     for n in nodes:
         x, y = pos[id(n)]
         name = (n.label or "?") + (f" = {n.op}" if n.op else " (input)")
         ax.text(x, y, f"{name}\ndata {n.data:.3f}\ngrad {n.grad:.3f}", ha="center", va="center",
-                fontsize=8, bbox=dict(boxstyle="round", fc="C0" if n.edges else "C1", alpha=0.25))
+                fontsize=8, bbox={"boxstyle": "round", "fc": "C0" if n.edges else "C1", "alpha": 0.25})
     xs, ys = zip(*pos.values())
     ax.set_xlim(min(xs) - 1, max(xs) + 1)
     ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)

@@ -148,7 +148,7 @@ def _with_setup_and_cell(tmp_path, setup_extra: str, later: str):
     """A copy of a Phase 1 notebook with lines added to its set-up cell and one code cell appended."""
     nb = nbformat.read(ROOT / "notebooks" / "1_foundations" / "01_python_numpy.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    setup = code[[i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])][0] + 1]
+    setup = code[next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])) + 1]
     setup.source += setup_extra
     nb.cells.append(nbformat.v4.new_code_cell(later))
     path = tmp_path / "nb.ipynb"

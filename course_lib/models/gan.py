@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
