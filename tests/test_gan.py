@@ -11,8 +11,8 @@ import torch
 from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator,
                                    d_loss_minimax, d_loss_nonsaturating, g_loss_minimax,
                                    g_loss_nonsaturating, gan_loop, gradient_penalty,
-                                   has_spectral_norm, mode_coverage, random_translate, train_gan,
-                                   wgan_d_loss, wgan_g_loss)
+                                   has_spectral_norm, mode_coverage, random_translate, slerp,
+                                   train_gan, wgan_d_loss, wgan_g_loss)
 from course_lib.train import EMA
 
 LOG3 = math.log(3.0)
@@ -336,3 +336,20 @@ def test_gan_loop_clear_errors():
                  steps=5, progress=False)
     with pytest.raises(ValueError, match="pass G="):
         gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, ema_decay=0.9)
+
+
+def test_slerp_ends_norm_and_angle():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 16, generator=g), torch.randn(5, 16, generator=g)
+    torch.testing.assert_close(slerp(a, b, torch.zeros(5, 1)), a)              # t = 0: a
+    torch.testing.assert_close(slerp(a, b, torch.ones(5, 1)), b)               # t = 1: b
+    u, v = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    mid = slerp(u, v, torch.full((5, 1), 0.5))                                  # unit vectors stay unit
+    torch.testing.assert_close(mid.norm(dim=1), torch.ones(5))
+    angle = lambda x, y: torch.acos((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)))  # noqa: E731
+    torch.testing.assert_close(angle(u, mid), angle(u, v) / 2)                 # halfway round the circle
+    path = slerp(a[None], b[None], torch.linspace(0, 1, 7)[:, None, None])     # a whole path (T, B, D)
+    assert path.shape == (7, 5, 16)
+    torch.testing.assert_close(path[3], slerp(a, b, torch.full((5, 1), 0.5)))
+    with pytest.raises(ValueError, match="last dimension"):
+        slerp(a, b[:, :3], torch.zeros(5, 1))

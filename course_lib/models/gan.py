@@ -54,6 +54,7 @@ __all__ = [
     "gan_loop",
     "train_gan",
     "random_translate",
+    "slerp",
     "mode_coverage",
     "LOSSES",
 ]
@@ -615,6 +616,22 @@ def train_gan(G: nn.Module, D: nn.Module, data: torch.Tensor, *, steps: int,
     history.snapshots = torch.stack(frames) if frames else None
     history.generator = history.generator.eval()
     return history
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between noise vectors (Phase 3 · 02; used again in 03).
+
+        ω = arccos(â · b̂),   slerp(a, b; t) = sin((1 − t) ω) / sin ω · a + sin(t ω) / sin ω · b
+
+    a, b: (..., D); t: broadcastable to (..., 1), e.g. (B, 1) for one t per row, or
+    (T, 1, 1) with a, b (1, B, D) for a whole path (T, B, D). Unlike a straight line, the path
+    keeps |z| near the typical norm √D of z ~ N(0, I), where the generator was trained.
+    """
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"a and b must have the same last dimension D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a_n, b_n = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((a_n * b_n).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))  # (..., 1)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
 def random_translate(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
