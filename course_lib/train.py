@@ -7,7 +7,7 @@
     result = fit(model, loss_fn, dataset, steps=2000, batch_size=128, lr=1e-3,
                  warmup_steps=100, grad_clip=1.0, ema_decay=0.999,
                  checkpoint=output_dir() / "vae.safetensors")
-    plot_curves(result.history["loss"], smooth=50)
+    plot_training(result)                      # course_lib.viz draws the loss curve
     samples = sample(result.ema_model)
 
 One optimizer step is: zero the gradients; forward and loss under autocast; backward
@@ -132,7 +132,10 @@ class EMA:
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` returns. ``history[key][i]`` is the value at step i + 1."""
+    """What :func:`fit` returns. ``history[key][i]`` is the value at step i + 1.
+
+    ``course_lib.viz.plot_training(result)`` draws the curves (train sits below viz).
+    """
 
     history: dict[str, list[float]]
     steps: int
@@ -148,14 +151,6 @@ class TrainResult:
         losses = self.history["loss"]
         tail = losses[-max(1, len(losses) // 10):]
         return float(np.mean(tail)) if tail else float("nan")
-
-    def plot(self, keys: Iterable[str] = ("loss",), smooth: int | None = None, logy: bool = False):
-        """Training curves of ``keys`` (default: the loss), smoothed over ~2 % of the run."""
-        from course_lib.viz import plot_curves
-
-        curves = {k: self.history[k] for k in keys}
-        smooth = max(1, self.steps // 50) if smooth is None else smooth
-        return plot_curves(curves, smooth=smooth, logy=logy)
 
 
 @dataclass

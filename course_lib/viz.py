@@ -4,6 +4,8 @@ animations and sliders.
     show_images(x)                                   # a grid of a batch (N, C, H, W)
     compare({"real": x, "generated": samples})       # labelled rows
     plot_curves(result.history, smooth=50)           # training curves
+    plot_training(result)                            # fit's result: its loss, smoothed
+    draw_graph(loss)                                 # a scalar autograd graph (Phase 1 · 03)
     animate(trajectory, save="denoise.gif")          # a denoising trajectory (T, N, C, H, W)
     slider(lambda t: q_sample(x0, t), t=(0, 999, 1)) # explore a parameter
 
@@ -40,7 +42,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from IPython.display import Image as _IPythonImage
 
-__all__ = ["make_grid", "show_images", "compare", "plot_curves", "smooth_curve", "animate",
+__all__ = ["make_grid", "show_images", "compare", "plot_curves", "plot_training", "smooth_curve",
+           "draw_graph", "graph_layout", "animate",
            "frames_to_gif_bytes", "slider", "widgets_are_live", "ShownFigure", "Animation"]
 
 _FALSE = {"", "0", "false", "no", "off"}
@@ -443,6 +446,102 @@ def plot_curves(curves: Mapping[str, Any] | Sequence[float], xlabel: str = "step
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
+    return _finish(fig, save)
+
+
+def plot_training(result: Any, keys: Sequence[str] = ("loss",), smooth: int | None = None,
+                  logy: bool = False, title: str | None = None,
+                  save: str | os.PathLike | None = None) -> ShownFigure:
+    """The curves ``keys`` of a training run (default: the loss), smoothed over ~2 % of it.
+
+    result: anything with ``history`` (name → one value per step), e.g. what
+    :func:`course_lib.train.fit` returns (Phase 2 · 02). smooth: the moving-average window in
+    steps; None picks max(1, steps // 50).
+    """
+    history = getattr(result, "history", None)
+    if not isinstance(history, Mapping):
+        raise TypeError(f"plot_training expects a training result with a .history dict (what fit "
+                        f"returns), got {type(result).__name__}; use plot_curves for plain lists")
+    missing = [k for k in keys if k not in history]
+    if missing:
+        raise KeyError(f"no curve {missing[0]!r} in the history; it has {sorted(history)}")
+    steps = getattr(result, "steps", len(history[keys[0]]) if keys else 0)
+    smooth = max(1, steps // 50) if smooth is None else smooth
+    return plot_curves({k: history[k] for k in keys}, smooth=smooth, logy=logy, title=title, save=save)
+
+
+# ---------------------------------------------------------------------------------------------
+# computational graphs (Phase 1 · 03)
+# ---------------------------------------------------------------------------------------------
+
+def graph_layout(root: Any) -> tuple[list[Any], dict[int, tuple[float, float]]]:
+    """Where to draw each node of the scalar graph behind ``root``.
+
+    A node has ``edges``: ``((operand, d node / d operand), ...)``, empty for an input (the
+    ``Value`` of Phase 1 · 03 and ``course_lib.foundations.autograd.Value``). Returns the nodes
+    (root first) and ``{id(node): (x, y)}``: a node's column is its longest path from an input
+    (an input sits just left of its first use); inputs get evenly spaced heights and every
+    other node sits at the mean height of its operands.
+    """
+    nodes, stack, seen = [], [root], set()
+    while stack:                                   # every node reachable from root
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            nodes.append(node)
+            stack.extend(operand for operand, _ in node.edges)
+    depth: dict[int, int] = {}
+
+    def column(node: Any) -> int:                 # longest path from an input
+        if id(node) not in depth:
+            depth[id(node)] = 1 + max((column(op) for op, _ in node.edges), default=-1)
+        return depth[id(node)]
+
+    column(root)
+    users: dict[int, list[Any]] = {id(n): [] for n in nodes}
+    for n in nodes:
+        for operand, _ in n.edges:
+            users[id(operand)].append(n)
+    for n in nodes:                                # inputs sit just left of their first use
+        if not n.edges and users[id(n)]:
+            depth[id(n)] = min(depth[id(u)] for u in users[id(n)]) - 1
+    height: dict[int, float] = {}
+    for i, n in enumerate(n for n in reversed(nodes) if not n.edges):
+        height[id(n)] = -i
+    for n in sorted(nodes, key=lambda n: depth[id(n)]):
+        if n.edges:
+            height[id(n)] = float(np.mean([height[id(op)] for op, _ in n.edges]))
+    return nodes, {id(n): (2.2 * depth[id(n)], 1.1 * height[id(n)]) for n in nodes}
+
+
+def draw_graph(root: Any, title: str | None = None, save: str | os.PathLike | None = None) -> ShownFigure:
+    """Draw the scalar graph behind ``root``: one box per node (its name, data and grad), one
+    arrow per edge, labelled in red with the local derivative d node / d operand.
+
+    Nodes need ``edges``, ``data``, ``grad``, ``op`` and ``label`` (see :func:`graph_layout`).
+    """
+    if not hasattr(root, "edges"):
+        raise TypeError(f"draw_graph expects a graph node with .edges (a Value), got {type(root).__name__}")
+    nodes, pos = graph_layout(root)
+    fig = ShownFigure(figsize=(10.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for n in nodes:
+        for operand, local in n.edges:
+            (x0, y0), (x1, y1) = pos[id(operand)], pos[id(n)]
+            ax.annotate("", xy=(x1 - 0.55, y1), xytext=(x0 + 0.55, y0),
+                        arrowprops={"arrowstyle": "->", "color": "gray"})
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, f"{local:.3g}", fontsize=7,
+                    color="C3", ha="center")
+    for n in nodes:
+        x, y = pos[id(n)]
+        name = (n.label or "?") + (f" = {n.op}" if n.op else " (input)")
+        ax.text(x, y, f"{name}\ndata {n.data:.3f}\ngrad {n.grad:.3f}", ha="center", va="center",
+                fontsize=8, bbox={"boxstyle": "round", "fc": "C0" if n.edges else "C1", "alpha": 0.25})
+    xs, ys = zip(*pos.values())
+    ax.set_xlim(min(xs) - 1, max(xs) + 1)
+    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+    ax.set_axis_off()
+    ax.set_title(title or "computational graph (red numbers: local derivatives)")
     return _finish(fig, save)
 
 

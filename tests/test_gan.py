@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator,
-                            d_loss_minimax, d_loss_nonsaturating, g_loss_minimax,
-                            g_loss_nonsaturating, gradient_penalty, has_spectral_norm,
-                            mode_coverage, random_translate, train_gan, wgan_d_loss,
-                            wgan_g_loss)
+                                   d_loss_minimax, d_loss_nonsaturating, g_loss_minimax,
+                                   g_loss_nonsaturating, gan_loop, gradient_penalty,
+                                   has_spectral_norm, mode_coverage, random_translate, slerp,
+                                   train_gan, wgan_d_loss, wgan_g_loss)
+from course_lib.train import EMA
 
 LOG3 = math.log(3.0)
 
@@ -251,3 +252,104 @@ def test_train_gan_augments_real_and_fake_before_d():
     train_gan(MLPGenerator(2, 2, 8, 1), MLPDiscriminator(2, 8, 1), data, steps=3, n_critic=2,
               batch_size=16, augment=augment, progress=False)
     assert len(seen) == 3 * (2 * 2 + 1)                          # real + fake per D step, fake per G step
+
+
+# --------------------------------------------------------------------------- gan_loop
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    G, D = MLPGenerator(2, 2, 8, 1), MLPDiscriminator(2, 8, 1)
+    return G, D, torch.optim.Adam(G.parameters(), 1e-2), torch.optim.Adam(D.parameters(), 1e-2)
+
+
+def _stream(G, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        x = torch.randn(16, 2, generator=g) + 3
+        yield x, G(torch.randn(16, 2, generator=g))
+
+
+def _d_loss(D):
+    return lambda b: d_loss_nonsaturating(D(b[0]), D(b[1].detach()))
+
+
+def _g_loss(D):
+    return lambda b: (g_loss_nonsaturating(D(b[1])), {"fake mean": b[1].mean()})
+
+
+def test_gan_loop_equals_the_hand_written_loop():
+    G, D, opt_g, opt_d = _pair()                                  # by hand: D step, G step, EMA
+    ema, stream, d_losses = EMA(G, 0.9), _stream(G), []
+    for _ in range(5):
+        batch = next(stream)
+        loss_d = _d_loss(D)(batch)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g, _ = _g_loss(D)(batch)
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        ema.update(G)
+        d_losses.append(loss_d.item())
+    G2, D2, opt_g2, opt_d2 = _pair()
+    h = gan_loop(_d_loss(D2), _g_loss(D2), _stream(G2), opt_d2, opt_g2, steps=5, G=G2,
+                 ema_decay=0.9, progress=False)
+    for a, b in zip([*G.parameters(), *D.parameters(), *ema.model.parameters()],
+                    [*G2.parameters(), *D2.parameters(), *h.generator.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert h.curves["D loss"] == d_losses
+    assert list(h.curves) == ["D loss", "G loss", "fake mean"] and len(h.curves["fake mean"]) == 5
+
+
+def test_gan_loop_order_critic_steps_and_schedulers():
+    calls = []
+    G, D, opt_g, opt_d = _pair()
+    batches = iter(range(100))
+
+    def d_loss(b):
+        calls.append(("D", b))
+        return D(torch.full((1, 2), float(b))).mean() * 0 + b
+
+    def g_loss(b):
+        calls.append(("G", b))
+        return G(torch.zeros(1, 2)).mean() * 0 + 10 * b
+
+    sched = torch.optim.lr_scheduler.StepLR(opt_g, step_size=1, gamma=0.5)
+    h = gan_loop(d_loss, g_loss, batches, opt_d, opt_g, steps=2, n_critic=3, schedulers=[sched],
+                 progress=False)
+    assert calls == [("D", 0), ("D", 1), ("D", 2), ("G", 2), ("D", 3), ("D", 4), ("D", 5), ("G", 5)]
+    assert h.curves["D loss"] == [1.0, 4.0] and h.curves["G loss"] == [20.0, 50.0]  # critic mean
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
+    calls.clear()
+    gan_loop(d_loss, g_loss, iter(range(100)), opt_d, opt_g, steps=2, g_first=True, progress=False)
+    assert calls == [("G", 0), ("D", 0), ("G", 1), ("D", 1)]
+
+
+def test_gan_loop_clear_errors():
+    G, D, opt_g, opt_d = _pair()
+    with pytest.raises(TypeError, match="scalar tensor"):
+        gan_loop(lambda b: D(b[0]), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, progress=False)
+    with pytest.raises(ValueError, match="n_critic must be 1"):
+        gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, n_critic=2, g_first=True)
+    with pytest.raises(ValueError, match="ran out at generator step 4 of 5"):
+        gan_loop(lambda b: D(b).mean(), lambda b: G(b).mean(), [torch.zeros(1, 2)] * 3, opt_d, opt_g,            # three batches: steps 1-3
+                 steps=5, progress=False)
+    with pytest.raises(ValueError, match="pass G="):
+        gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, ema_decay=0.9)
+
+
+def test_slerp_ends_norm_and_angle():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 16, generator=g), torch.randn(5, 16, generator=g)
+    torch.testing.assert_close(slerp(a, b, torch.zeros(5, 1)), a)              # t = 0: a
+    torch.testing.assert_close(slerp(a, b, torch.ones(5, 1)), b)               # t = 1: b
+    u, v = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    mid = slerp(u, v, torch.full((5, 1), 0.5))                                  # unit vectors stay unit
+    torch.testing.assert_close(mid.norm(dim=1), torch.ones(5))
+    angle = lambda x, y: torch.acos((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)))  # noqa: E731
+    torch.testing.assert_close(angle(u, mid), angle(u, v) / 2)                 # halfway round the circle
+    path = slerp(a[None], b[None], torch.linspace(0, 1, 7)[:, None, None])     # a whole path (T, B, D)
+    assert path.shape == (7, 5, 16)
+    torch.testing.assert_close(path[3], slerp(a, b, torch.full((5, 1), 0.5)))
+    with pytest.raises(ValueError, match="last dimension"):
+        slerp(a, b[:, :3], torch.zeros(5, 1))

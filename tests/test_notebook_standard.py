@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 
 import nbformat
 import pytest
@@ -19,6 +21,61 @@ def _cells(path):
 
 def _source(cells, kind):
     return "\n".join(c.source for c in cells if c.cell_type == kind)
+
+
+SETUP_MAX_LINES = 25
+# Any of these in a code cell is a smoke/full decision (a ternary `x if cfg.smoke else y` too).
+DECISION = re.compile(r"\.pick\(|\bSMOKE\b|\.smoke\b|\bis_smoke\(")
+NOT_IN_SETUP = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.With)
+
+
+def code_lines(source: str) -> int:
+    """Non-blank lines of a code cell (comments count: they are lines a reader reads)."""
+    return sum(1 for line in source.splitlines() if line.strip())
+
+
+def without_comments(source: str) -> str:
+    """The cell's source minus its comments (strings stay: an f-string can hold a decision)."""
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        comments = [t for t in tokens if t.type == tokenize.COMMENT]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return source
+    lines = source.splitlines(keepends=True)
+    for t in reversed(comments):
+        row, col = t.start
+        lines[row - 1] = lines[row - 1][:col] + lines[row - 1][t.end[1]:]
+    return "".join(lines)
+
+
+def setup_problems(setup, cells, params) -> list[str]:
+    """The set-up cell holds imports, cfg = course_lib.setup(...), sizes and knobs only, and no
+    other code cell makes a smoke/full decision."""
+    problems = []
+    n = code_lines(setup.source)
+    if n > SETUP_MAX_LINES:
+        problems.append(f"the set-up cell has {n} non-blank lines (at most {SETUP_MAX_LINES}: imports, "
+                        "cfg = course_lib.setup(...), sizes and knobs; helpers, models and data go to "
+                        "the cell that first uses them)")
+    try:
+        tree = ast.parse(setup.source)
+    except SyntaxError:
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in tree.body:
+        if isinstance(node, NOT_IN_SETUP):
+            what = getattr(node, "name", type(node).__name__.lower())
+            problems.append(f"the set-up cell holds sizes and knobs only, not `{what}` (line {node.lineno}): "
+                            "move it to the cell that first uses it")
+    for i, c in enumerate(cells):
+        if c.cell_type != "code" or c is setup or c is params:
+            continue
+        for line in without_comments(c.source).splitlines():
+            if DECISION.search(line):
+                problems.append(f"a smoke/full decision outside the parameters and set-up cells "
+                                f"(cell {i + 1} of {len(cells)}): {line.strip()[:80]!r}; decide sizes with "
+                                "cfg.pick(...) in the set-up cell")
+                break
+    return problems
 
 
 def standard_problems(path) -> list[str]:
@@ -50,10 +107,8 @@ def standard_problems(path) -> list[str]:
         setup = code[code.index(params[0]) + 1] if params[0] is not code[-1] else None
         if setup is None or "course_lib.setup(" not in setup.source:
             problems.append("the cell after the parameters cell calls course_lib.setup(smoke=SMOKE, seed=SEED)")
-        for c in code:
-            if c is not setup and re.search(r"\.pick\(|^\s*if\s+(not\s+)?(cfg\.smoke|SMOKE)\b", c.source, flags=re.M) and c is not params[0]:
-                problems.append("a smoke/full decision outside the set-up cell: " + c.source.splitlines()[0][:60])
-                break
+        if setup is not None:
+            problems += setup_problems(setup, cells, params[0])
     markdown = _source(cells, "markdown")
     if "## Summary" not in markdown:
         problems.append("a '## Summary' section")
@@ -87,3 +142,40 @@ def test_the_standard_check_catches_a_broken_notebook(tmp_path):
     nbformat.write(nb, broken)
     problems = standard_problems(broken)
     assert any("title" in p for p in problems) and any("parameters" in p for p in problems)
+
+
+def _with_setup_and_cell(tmp_path, setup_extra: str, later: str):
+    """A copy of a Phase 1 notebook with lines added to its set-up cell and one code cell appended."""
+    nb = nbformat.read(ROOT / "notebooks" / "1_foundations" / "01_python_numpy.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    setup = code[next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])) + 1]
+    setup.source += setup_extra
+    nb.cells.append(nbformat.v4.new_code_cell(later))
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    return standard_problems(path)
+
+
+@pytest.mark.parametrize("later", [
+    "n = 10 if cfg.smoke else 1000",                     # a ternary
+    "steps = cfg.pick(smoke=1, full=2)",
+    "if not SMOKE:\n    print('full')",
+    "print(f\"{'smoke' if cfg.smoke else 'full'} run\")",  # inside an f-string
+    "from course_lib.config import is_smoke\nfast = is_smoke()",
+])
+def test_a_smoke_full_decision_outside_the_set_up_cell_fails(tmp_path, later):
+    problems = _with_setup_and_cell(tmp_path, "", later)
+    assert any("smoke/full decision outside" in p for p in problems), problems
+
+
+def test_comments_and_other_words_are_not_decisions(tmp_path):
+    later = "# in smoke mode (cfg.pick in the set-up cell) this is tiny\nsmoked = 3  # not a decision"
+    assert _with_setup_and_cell(tmp_path, "", later) == []
+
+
+def test_a_long_set_up_cell_or_a_helper_in_it_fails(tmp_path):
+    long = "".join(f"\nKNOB_{i} = {i}" for i in range(25))     # the cell already has a few lines
+    problems = _with_setup_and_cell(tmp_path, long, "x = 1")
+    assert any("non-blank lines (at most 25:" in p for p in problems), problems
+    problems = _with_setup_and_cell(tmp_path, "\ndef helper(x):\n    return x", "x = 1")
+    assert any("not `helper`" in p for p in problems), problems

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.train import EMA, fit, load_weights, scheduled_lr
+from course_lib.viz import plot_training
 
 # 100 samples, batch 16 -> 7 batches per epoch (the last one has 4), so 23 steps span
 # three epochs and the interruptions below land in the middle of an epoch.
@@ -98,7 +99,7 @@ def test_training_reduces_the_loss():
     assert result.final_loss < first / 10, (first, result.final_loss)
     assert len(result.history["loss"]) == len(result.history["lr"]) == 150
     assert not result.model.training
-    assert len(result.plot().axes[0].lines) == 2  # raw and smoothed loss
+    assert len(plot_training(result).axes[0].lines) == 2  # raw and smoothed loss
 
 
 def total_grad_norm(model):

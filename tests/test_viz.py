@@ -124,6 +124,53 @@ def test_plot_curves_and_smoothing(tmp_path):
         plot_curves([1, 2], smooth=0.9)
 
 
+def test_plot_training_draws_a_fit_result():
+    result = types.SimpleNamespace(history={"loss": list(np.linspace(2, 1, 100)), "lr": [1e-3] * 100},
+                                   steps=100)
+    ax = viz.plot_training(result).axes[0]
+    assert len(ax.lines) == 2                                   # raw and smoothed (window 100 // 50)
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), smooth_curve(result.history["loss"], 2))
+    assert len(viz.plot_training(result, keys=("loss", "lr"), smooth=1).axes[0].lines) == 2
+    with pytest.raises(KeyError, match="'kl'.*lr"):
+        viz.plot_training(result, keys=("kl",))
+    with pytest.raises(TypeError, match="history"):
+        viz.plot_training([1, 2, 3])
+
+
+class Node:                        # the shape of Phase 1 · 03's Value: edges = ((operand, local), ...)
+    def __init__(self, label, *edges, op=""):
+        self.label, self.edges, self.op, self.data, self.grad = label, edges, op, 1.0, 0.5
+
+
+def test_graph_layout_columns_and_heights():
+    a, b, c = Node("a"), Node("b"), Node("c")
+    ab = Node("ab", (a, 2.0), (b, 3.0), op="*")
+    out = Node("out", (ab, 1.0), (c, 1.0), op="+")              # c is used only by the last node
+    nodes, pos = viz.graph_layout(out)
+    assert nodes[0] is out and {id(n) for n in nodes} == {id(n) for n in (a, b, c, ab, out)}
+    col = {n.label: pos[id(n)][0] / 2.2 for n in nodes}
+    assert col == {"a": 0, "b": 0, "ab": 1, "c": 1, "out": 2}   # inputs just left of their first use
+    height = {n.label: pos[id(n)][1] / 1.1 for n in nodes}
+    assert sorted(height[k] for k in "abc") == [-2, -1, 0]        # inputs evenly spaced
+    assert height["ab"] == pytest.approx((height["a"] + height["b"]) / 2)   # mean of its operands
+    assert height["out"] == pytest.approx((height["ab"] + height["c"]) / 2)
+    shared = Node("x")                                           # a node reached along two paths
+    assert len(viz.graph_layout(Node("sq", (shared, 1.0), (shared, 1.0), op="*"))[0]) == 2
+
+
+def test_draw_graph_one_box_per_node_one_label_per_edge(tmp_path):
+    a, b = Node("a"), Node("b")
+    out = Node("out", (a, 2.0), (b, -3.0), op="*")
+    fig = viz.draw_graph(out, title="t", save=tmp_path / "graph.png")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum("data 1.000" in t for t in texts) == 3             # three boxes
+    assert "2" in texts and "-3" in texts                        # local derivatives on the edges
+    assert any(t.startswith("out = *") for t in texts) and any(t.startswith("a (input)") for t in texts)
+    assert (tmp_path / "graph.png").stat().st_size > 0
+    with pytest.raises(TypeError, match="edges"):
+        viz.draw_graph(3.0)
+
+
 # --- animations ----------------------------------------------------------------------------
 
 def gif_frames(data):

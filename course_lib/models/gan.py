@@ -1,4 +1,4 @@
-"""Generative adversarial networks: losses, DCGAN and toy MLP networks, a short training loop.
+"""Generative adversarial networks: losses, DCGAN and toy MLP networks, one short training loop.
 
 A GAN (Goodfellow et al., 2014) trains two networks against each other. The discriminator D
 tells real samples from generated ones; the generator G turns noise z ~ N(0, I) into samples
@@ -9,6 +9,11 @@ that D cannot tell apart from the data:
     G, D = Generator(latent_dim=32, out_ch=1, image_size=16), Discriminator(in_ch=1, image_size=16)
     hist = train_gan(G, D, X, steps=5000, loss="nonsaturating", ema_decay=0.999)  # X: (N, 1, 16, 16) in [-1, 1]
     samples = (hist.generator(G.sample_z(64)) + 1) / 2                          # (64, 1, 16, 16) in [0, 1]
+
+Any other GAN (conditional, style-based, pix2pix, CycleGAN: Phase 3 · 03) writes its two losses
+and runs on the same loop, :func:`gan_loop`, which ``train_gan`` uses too::
+
+    hist = gan_loop(d_loss, g_loss, batches, opt_d, opt_g, steps=800, G=G, ema_decay=0.99)
 
 Conventions used throughout this module:
 
@@ -23,8 +28,9 @@ Conventions used throughout this module:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +51,10 @@ __all__ = [
     "add_spectral_norm",
     "has_spectral_norm",
     "GANHistory",
+    "gan_loop",
     "train_gan",
     "random_translate",
+    "slerp",
     "mode_coverage",
     "LOSSES",
 ]
@@ -390,12 +398,13 @@ class MLPDiscriminator(nn.Module):
 
 @dataclass
 class GANHistory:
-    """What :func:`train_gan` returns.
+    """What :func:`gan_loop` and :func:`train_gan` return.
 
-    d_loss, g_loss: one value per generator step (the critic's loss averaged over its
-    n_critic steps); snapshots: G's output on fixed noise every ``snapshot_every`` steps,
-    (T, n_snapshot, ...) stacked on the CPU, at ``snapshot_steps``; generator: the model to
-    sample with (the EMA copy when ``ema_decay`` was given, else G itself).
+    curves: every logged value, one per generator step, by name ("D loss", "G loss" and the
+    terms the loss functions log); d_loss, g_loss, gp: :func:`train_gan`'s curves (the critic's
+    loss averaged over its n_critic steps); snapshots: G's output on fixed noise every
+    ``snapshot_every`` steps, (T, n_snapshot, ...) stacked on the CPU, at ``snapshot_steps``;
+    generator: the model to sample with (the EMA copy when ``ema_decay`` was given, else G).
     """
 
     d_loss: list[float] = field(default_factory=list)
@@ -405,6 +414,7 @@ class GANHistory:
     snapshots: torch.Tensor | None = None
     generator: nn.Module | None = None
     seconds: float = 0.0
+    curves: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -415,16 +425,117 @@ def _batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) ->
             yield data[order[start:start + batch_size]]
 
 
+def _unpack(out: Any, name: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """A loss function's answer: ``loss`` or ``(loss, {"term": value, ...})``."""
+    loss, logs = out if isinstance(out, tuple) else (out, {})
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise TypeError(f"the {name} loss function must return a scalar tensor (or (loss, dict of "
+                        f"logged terms)), got {type(loss).__name__}"
+                        + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+    return loss, {key: float(value) for key, value in logs.items()}
+
+
+def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step downhill: zero the gradients, back-propagate, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def gan_loop(d_loss: Callable[[Any], Any], g_loss: Callable[[Any], Any], batches: Iterable[Any],
+             opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer, *, steps: int,
+             n_critic: int = 1, g_first: bool = False, G: nn.Module | None = None,
+             ema_decay: float | None = None, schedulers: tuple = (),
+             on_step: Callable[[int, GANHistory], None] | None = None, desc: str = "GAN",
+             progress: bool = True) -> GANHistory:
+    """The training loop every GAN of the course shares (Phase 3 · 02 and 03 GANs).
+
+    The notebook keeps what a step *computes*: ``d_loss(batch)`` and ``g_loss(batch)`` return
+    the loss to minimise, or ``(loss, {"term": value})`` to log its parts too. The loop does the
+    machinery around them, for ``steps`` generator steps:
+
+        repeat n_critic times:  batch = next(batches);  D ← D − lr_d ∇_D d_loss(batch)
+        G ← G − lr_g ∇_G g_loss(batch)   (same batch);  EMA of G;  step the LR schedulers
+
+    (``g_first=True`` takes the generator's step before the discriminator's, as CycleGAN does.)
+    ``batches`` may carry the generated samples as well (e.g. ``(x, y, G(z, y))``), so that both
+    losses see the same fakes; the discriminator's loss must then ``.detach()`` them.
+
+    G, ema_decay: keep an EMA of G's weights (:class:`course_lib.train.EMA`); the history's
+    ``generator`` is that copy (else G). on_step(step, history): called after every step
+    (1-based), e.g. to take snapshots. The history's ``curves`` hold "D loss" (averaged over
+    the critic steps), "G loss" and every logged term, one value per generator step.
+    """
+    from tqdm.auto import tqdm
+
+    from course_lib.train import EMA
+
+    for value, name in ((steps, "steps"), (n_critic, "n_critic")):
+        _positive_int(value, name)
+    if g_first and n_critic != 1:
+        raise ValueError(f"g_first=True takes one generator step, then one discriminator step on the "
+                         f"same batch; n_critic must be 1, got {n_critic}")
+    if ema_decay is not None and G is None:
+        raise ValueError("ema_decay needs the generator: pass G=... (the model whose weights to average)")
+    ema = EMA(G, ema_decay) if ema_decay is not None else None
+    history = GANHistory(generator=ema.model if ema is not None else G)
+    stream, start = iter(batches), time.perf_counter()
+
+    def next_batch() -> Any:
+        try:
+            return next(stream)
+        except StopIteration:
+            raise ValueError(f"batches ran out at generator step {step} of {steps}: pass an endless "
+                             "stream (e.g. a generator with `while True:`)") from None
+
+    def d_step(batch: Any) -> dict[str, float]:
+        loss, logs = _unpack(d_loss(batch), "discriminator")
+        _descend(opt_d, loss)
+        return {"D loss": loss.item(), **logs}
+
+    def g_step(batch: Any) -> dict[str, float]:
+        loss, logs = _unpack(g_loss(batch), "generator")
+        _descend(opt_g, loss)
+        if ema is not None:
+            ema.update(G)
+        return {"G loss": loss.item(), **logs}
+
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1.0)
+    for step in bar:
+        if g_first:
+            batch = next_batch()
+            g_logs = g_step(batch)
+            d_logs = d_step(batch)
+        else:
+            d_logs = {}
+            for _ in range(n_critic):                       # the discriminator/critic
+                batch = next_batch()
+                for key, value in d_step(batch).items():
+                    d_logs[key] = d_logs.get(key, 0.0) + value
+            d_logs = {key: value / n_critic for key, value in d_logs.items()}
+            g_logs = g_step(batch)                          # the generator, on the last batch
+        for scheduler in schedulers:
+            scheduler.step()
+        for key, value in {**d_logs, **g_logs}.items():
+            history.curves.setdefault(key, []).append(value)
+        if on_step is not None:
+            on_step(step, history)
+        if step % 50 == 0:
+            bar.set_postfix(d=f"{d_logs['D loss']:.3f}", g=f"{g_logs['G loss']:.3f}")
+    history.seconds = time.perf_counter() - start
+    return history
+
+
 def _losses(loss: str, D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-            gp_weight: float) -> tuple[torch.Tensor, float]:
-    """The discriminator's loss for one batch, and the gradient penalty (0 if unused)."""
+            gp_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The discriminator's loss for one batch, and the gradient penalty it logs (0 if unused)."""
     real_out, fake_out = D(real), D(fake)
     if loss == "wgan-gp":
         gp = gradient_penalty(D, real, fake)
-        return wgan_d_loss(real_out, fake_out) + gp_weight * gp, gp.item()  # L_C + λ·GP
+        return wgan_d_loss(real_out, fake_out) + gp_weight * gp, {"gp": gp.item()}  # L_C + λ·GP
     if loss == "minimax":
-        return d_loss_minimax(real_out, fake_out), 0.0
-    return d_loss_nonsaturating(real_out, fake_out), 0.0
+        return d_loss_minimax(real_out, fake_out), {"gp": 0.0}
+    return d_loss_nonsaturating(real_out, fake_out), {"gp": 0.0}
 
 
 _G_LOSSES = {"minimax": g_loss_minimax, "nonsaturating": g_loss_nonsaturating,
@@ -450,20 +561,17 @@ def train_gan(G: nn.Module, D: nn.Module, data: torch.Tensor, *, steps: int,
     (e.g. :func:`random_translate`; "DiffAugment", Zhao et al., 2020): it keeps D from
     memorising a small training set.
 
-    One generator step:
+    One generator step (the two losses below, run by :func:`gan_loop`):
         repeat n_critic times:  x ~ data, z ~ N(0, I);  D ← D − lr_d ∇_D L_D(x, G(z))
         z ~ N(0, I);  G ← G − lr_g ∇_G L_G(G(z));  EMA update
     """
-    from tqdm.auto import tqdm
-
     from course_lib.device import get_device
-    from course_lib.train import EMA
 
     if loss not in _G_LOSSES:
         raise ValueError(f"loss must be one of {tuple(_G_LOSSES)}, got {loss!r}")
     if not isinstance(data, torch.Tensor) or len(data) < batch_size:
         raise ValueError(f"data must be a tensor of real samples (N, ...) with N >= batch_size "
-                         f"= {batch_size}; stack a dataset first, e.g. torch.stack([x for x, _ in ds])")
+                         f"= {batch_size}; stack a dataset first, e.g. course_lib.data.stack_images(ds)")
     for value, name in ((steps, "steps"), (n_critic, "n_critic"), (batch_size, "batch_size")):
         _positive_int(value, name)
     device = get_device(device)
@@ -473,14 +581,24 @@ def train_gan(G: nn.Module, D: nn.Module, data: torch.Tensor, *, steps: int,
     D.to(device).train()
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas)
-    ema = EMA(G, ema_decay) if ema_decay is not None else None
-    sampler = ema.model if ema is not None else G
     fixed_z = G.sample_z(n_snapshot, generator=g, device=device)
-    batches = _batches(data, batch_size, g)
-    history, frames = GANHistory(), []
-    start = time.perf_counter()
+    augment = augment if augment is not None else (lambda x: x)
+    frames = []
 
-    def snapshot(step: int) -> None:
+    def d_loss(real: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        real = real.to(device)
+        with torch.no_grad():
+            fake = G(G.sample_z(batch_size, generator=g, device=device))
+        return _losses(loss, D, augment(real), augment(fake), gp_weight)
+
+    def g_loss(_: torch.Tensor) -> torch.Tensor:
+        fake = G(G.sample_z(batch_size, generator=g, device=device))   # fresh noise
+        return _G_LOSSES[loss](D(augment(fake)))
+
+    def snapshot(step: int, history: GANHistory) -> None:
+        if not snapshot_every or (step % snapshot_every and step != 1):
+            return
+        sampler = history.generator
         was_training = sampler.training
         sampler.eval()
         with torch.no_grad():
@@ -488,42 +606,32 @@ def train_gan(G: nn.Module, D: nn.Module, data: torch.Tensor, *, steps: int,
         sampler.train(was_training)
         history.snapshot_steps.append(step)
 
-    bar = tqdm(range(1, steps + 1), desc=f"GAN ({loss})", disable=not progress, mininterval=1.0)
-    for step in bar:
-        d_total, gp_total = 0.0, 0.0
-        for _ in range(n_critic):                                   # the discriminator/critic
-            real = next(batches).to(device)
-            with torch.no_grad():
-                fake = G(G.sample_z(batch_size, generator=g, device=device))
-            if augment is not None:
-                real, fake = augment(real), augment(fake)
-            d_loss, gp = _losses(loss, D, real, fake, gp_weight)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            d_total, gp_total = d_total + d_loss.item(), gp_total + gp
-        fake = G(G.sample_z(batch_size, generator=g, device=device))  # the generator
-        if augment is not None:
-            fake = augment(fake)
-        g_loss = _G_LOSSES[loss](D(fake))
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        if ema is not None:
-            ema.update(G)
-        history.d_loss.append(d_total / n_critic)
-        history.g_loss.append(g_loss.item())
-        history.gp.append(gp_total / n_critic)
-        if snapshot_every and (step % snapshot_every == 0 or step == 1):
-            snapshot(step)
-        if step % 50 == 0:
-            bar.set_postfix(d=f"{history.d_loss[-1]:.3f}", g=f"{history.g_loss[-1]:.3f}")
+    history = gan_loop(d_loss, g_loss, _batches(data, batch_size, g), opt_d, opt_g, steps=steps,
+                       n_critic=n_critic, G=G, ema_decay=ema_decay, on_step=snapshot,
+                       desc=f"GAN ({loss})", progress=progress)
+    history.d_loss, history.g_loss = history.curves["D loss"], history.curves["G loss"]
+    history.gp = history.curves["gp"]
     G.eval()
     D.eval()
     history.snapshots = torch.stack(frames) if frames else None
-    history.generator = sampler.eval()
-    history.seconds = time.perf_counter() - start
+    history.generator = history.generator.eval()
     return history
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between noise vectors (Phase 3 · 02; used again in 03).
+
+        ω = arccos(â · b̂),   slerp(a, b; t) = sin((1 − t) ω) / sin ω · a + sin(t ω) / sin ω · b
+
+    a, b: (..., D); t: broadcastable to (..., 1), e.g. (B, 1) for one t per row, or
+    (T, 1, 1) with a, b (1, B, D) for a whole path (T, B, D). Unlike a straight line, the path
+    keeps |z| near the typical norm √D of z ~ N(0, I), where the generator was trained.
+    """
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"a and b must have the same last dimension D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a_n, b_n = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((a_n * b_n).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))  # (..., 1)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
 def random_translate(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
