@@ -9,9 +9,15 @@ exchange) lives in a git-ignored workspace: ``./workspace`` or ``$COURSE_GRADING
 import os
 from pathlib import Path
 
-from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Execute, GetGrades,
-                                    LimitOutput, SaveAutoGrades)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (
+                                    AssignLatePenalties,
+                                    CheckCellMetadata,
+                                    Execute,
+                                    GetGrades,
+                                    LimitOutput,
+                                    SaveAutoGrades,
+)
 
 from course_lib.grading.nbgrader_plugins import StderrAsStdout, StripHiddenTests
 

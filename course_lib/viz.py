@@ -38,9 +38,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import matplotlib
 import numpy as np
 import torch
+from IPython.display import Image as _IPythonImage
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from IPython.display import Image as _IPythonImage
 
 __all__ = ["make_grid", "show_images", "compare", "plot_curves", "plot_training", "smooth_curve",
            "draw_graph", "graph_layout", "animate",

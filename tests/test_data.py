@@ -11,7 +11,7 @@ import torchvision
 from scipy import ndimage
 
 import course_lib.data as data
-from course_lib.data import real, shapes
+from course_lib.data import real
 
 
 # ----------------------------------------------------------------------------- shapes

@@ -1,4 +1,5 @@
-"""Tests of course_lib.eval.distances and course_lib.eval.accuracy: FID / KID known answers, agreement with torchmetrics,
+"""Tests of course_lib.eval.distances and course_lib.eval.accuracy: FID / KID known answers, agreement with
+torchmetrics,
 and the image-level facades on the shipped judges."""
 import numpy as np
 import pytest
@@ -6,9 +7,18 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from course_lib.eval import (attribute_accuracy, class_report, extract_features, feature_stats,
-                                fid, fid_from_features, frechet_distance, kid, kid_from_features,
-                                real_vs_real_baseline)
+from course_lib.eval import (
+    attribute_accuracy,
+    class_report,
+    extract_features,
+    feature_stats,
+    fid,
+    fid_from_features,
+    frechet_distance,
+    kid,
+    kid_from_features,
+    real_vs_real_baseline,
+)
 
 
 def _random_cov(d, seed):

@@ -1,13 +1,20 @@
-"""Tests of course_lib.eval.accuracy and course_lib.eval.coverage: Inception Score, k-NN precision / recall, FID vs sample size."""
+"""Tests of course_lib.eval.accuracy and course_lib.eval.coverage (Inception Score, k-NN precision / recall)
+and of FID against the sample size."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from course_lib.eval import (class_probabilities, fid_vs_sample_size, inception_score,
-                                     inception_score_from_probs, kl_to_marginal, knn_radii,
-                                     precision_recall)
+from course_lib.eval import (
+    class_probabilities,
+    fid_vs_sample_size,
+    inception_score,
+    inception_score_from_probs,
+    kl_to_marginal,
+    knn_radii,
+    precision_recall,
+)
 from course_lib.eval.judges import load_judge
 
 

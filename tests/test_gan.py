@@ -8,11 +8,25 @@ import math
 import pytest
 import torch
 
-from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator,
-                                   d_loss_minimax, d_loss_nonsaturating, g_loss_minimax,
-                                   g_loss_nonsaturating, gan_loop, gradient_penalty,
-                                   has_spectral_norm, mode_coverage, random_translate, slerp,
-                                   train_gan, wgan_d_loss, wgan_g_loss)
+from course_lib.models.gan import (
+    Discriminator,
+    Generator,
+    MLPDiscriminator,
+    MLPGenerator,
+    d_loss_minimax,
+    d_loss_nonsaturating,
+    g_loss_minimax,
+    g_loss_nonsaturating,
+    gan_loop,
+    gradient_penalty,
+    has_spectral_norm,
+    mode_coverage,
+    random_translate,
+    slerp,
+    train_gan,
+    wgan_d_loss,
+    wgan_g_loss,
+)
 from course_lib.train import EMA
 
 LOG3 = math.log(3.0)
@@ -332,7 +346,8 @@ def test_gan_loop_clear_errors():
     with pytest.raises(ValueError, match="n_critic must be 1"):
         gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, n_critic=2, g_first=True)
     with pytest.raises(ValueError, match="ran out at generator step 4 of 5"):
-        gan_loop(lambda b: D(b).mean(), lambda b: G(b).mean(), [torch.zeros(1, 2)] * 3, opt_d, opt_g,            # three batches: steps 1-3
+        gan_loop(lambda b: D(b).mean(), lambda b: G(b).mean(),
+                 [torch.zeros(1, 2)] * 3, opt_d, opt_g,            # three batches: steps 1-3
                  steps=5, progress=False)
     with pytest.raises(ValueError, match="pass G="):
         gan_loop(_d_loss(D), _g_loss(D), _stream(G), opt_d, opt_g, steps=1, ema_decay=0.9)

@@ -9,8 +9,7 @@ import torch
 
 import course_lib.eval.judges as judges
 from course_lib.data import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, DigitsDataset, render_shapes
-from course_lib.eval.judges import (CHECKPOINT_DIR, DigitsJudge, ShapesJudge, load_judge,
-                               load_judge_file, save_judge)
+from course_lib.eval.judges import CHECKPOINT_DIR, DigitsJudge, ShapesJudge, load_judge, load_judge_file, save_judge
 
 UNSEEN_SHAPES_SEED = 20251  # the training script uses seeds 1 (train) and 2 (its own held-out)
 

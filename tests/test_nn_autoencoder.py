@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.models.autoencoder import (ConvAutoencoder, ConvDecoder, ConvEncoder, MLPAutoencoder,
-                                       add_noise)
+from course_lib.models.autoencoder import ConvAutoencoder, ConvDecoder, ConvEncoder, MLPAutoencoder, add_noise
 
 
 @pytest.mark.parametrize("in_ch, latent_dim, image_size, levels", [(1, 2, 16, 2), (3, 32, 32, 2),

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.nn.attention import TransformerBlock
 from course_lib.models.vit import PatchEmbed, ViT, attention_rollout, cls_attention, patchify, unpatchify
+from course_lib.nn.attention import TransformerBlock
 
 
 def small_vit(**kw):

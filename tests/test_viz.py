@@ -11,9 +11,18 @@ from PIL import Image
 matplotlib.use("Agg")
 
 from course_lib import viz  # noqa: E402
-from course_lib.viz import (Animation, ShownFigure, animate, compare, frames_to_gif_bytes,  # noqa: E402
-                            make_grid, plot_curves, show_images, slider, smooth_curve)
-
+from course_lib.viz import (  # noqa: E402
+    Animation,
+    ShownFigure,
+    animate,
+    compare,
+    frames_to_gif_bytes,
+    make_grid,
+    plot_curves,
+    show_images,
+    slider,
+    smooth_curve,
+)
 
 # --- make_grid -----------------------------------------------------------------------------
 

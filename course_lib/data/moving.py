@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from course_lib.data.shapes import (COLOURS, HALF_EXTENT, SHAPE_KINDS, SIZES, _COLOUR_RGB,
-                                    cell_size, shape_coverage)
+from course_lib.data.shapes import _COLOUR_RGB, COLOURS, HALF_EXTENT, SHAPE_KINDS, SIZES, cell_size, shape_coverage
 
 __all__ = ["DIRECTIONS", "MOVING_ATTR_KEYS", "MovingShapesBatch", "render_moving_shapes",
            "moving_caption_for", "parse_moving_caption", "MovingShapesDataset"]

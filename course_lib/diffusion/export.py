@@ -31,12 +31,12 @@ from diffusers import DDIMScheduler, DiffusionPipeline, ImagePipelineOutput, Mod
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor
 
+from course_lib.data.text import GRAMMAR_WORDS, CaptionTokenizer
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import diffusers_scheduler, sample_with_scheduler
 from course_lib.diffusion.text2image import TextToImage
 from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.data.text import GRAMMAR_WORDS, CaptionTokenizer
 from course_lib.models.clip import TextEncoder
 from course_lib.models.unet import UNet
 

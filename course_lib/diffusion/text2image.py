@@ -22,13 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
+from course_lib.data.text import CaptionTokenizer
 from course_lib.diffusion.ddpm import ddpm_loss
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import SchedulerRule
 from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.data.text import CaptionTokenizer
 from course_lib.models.clip import TextEncoder
 from course_lib.models.unet import UNet
 

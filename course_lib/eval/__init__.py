@@ -17,11 +17,25 @@ All images are (N, C, H, W) in [0, 1]; a ``judge`` argument is ``"digits"``, ``"
 judge module. The names below can be imported from ``course_lib.eval`` directly; ``sweeps``
 and ``speed`` are imported by file (they run models).
 """
-from course_lib.eval.accuracy import (attribute_accuracy, class_probabilities, class_report,
-                                      inception_score, inception_score_from_probs, kl_to_marginal)
+from course_lib.eval.accuracy import (
+                                      attribute_accuracy,
+                                      class_probabilities,
+                                      class_report,
+                                      inception_score,
+                                      inception_score_from_probs,
+                                      kl_to_marginal,
+)
 from course_lib.eval.coverage import knn_radii, precision_recall
-from course_lib.eval.distances import (feature_stats, fid, fid_from_features, fid_vs_sample_size, frechet_distance,
-                                 kid, kid_from_features, real_vs_real_baseline)
+from course_lib.eval.distances import (
+                                      feature_stats,
+                                      fid,
+                                      fid_from_features,
+                                      fid_vs_sample_size,
+                                      frechet_distance,
+                                      kid,
+                                      kid_from_features,
+                                      real_vs_real_baseline,
+)
 from course_lib.eval.judges import extract_features, load_judge
 
 __all__ = ["load_judge", "extract_features", "feature_stats", "frechet_distance", "fid_from_features",

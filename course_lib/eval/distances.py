@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from course_lib.eval.judges import _batches, _check_batch, _get_judge, extract_features
+from course_lib.eval.judges import _check_batch, _get_judge, extract_features
 
 __all__ = ["feature_stats", "frechet_distance", "fid_from_features", "kid_from_features",
            "fid", "kid", "real_vs_real_baseline", "fid_vs_sample_size"]

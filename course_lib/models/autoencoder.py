@@ -246,7 +246,8 @@ class LatentAutoencoder(nn.Module):
         self.encoder = nn.Sequential(*enc, nn.Conv2d(chans[-1], 2 * latent_ch, 1))   # -> mean, log-variance
         dec = [nn.Conv2d(latent_ch, chans[-1], 3, padding=1), _block(chans[-1], chans[-1])]
         for i in reversed(range(levels)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), _block(chans[i + 1], chans[i]), _block(chans[i], chans[i])]
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"),
+                    _block(chans[i + 1], chans[i]), _block(chans[i], chans[i])]
         self.decoder = nn.Sequential(*dec, nn.Conv2d(chans[0], in_ch, 3, padding=1))
         # Start with little posterior noise (sigma = e^-3 ~ 0.05 instead of 1): otherwise the
         # decoder first sees codes drowned in unit noise and learns colours and shapes far slower.

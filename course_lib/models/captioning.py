@@ -49,11 +49,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from course_lib.data.shapes import (ATTR_KEYS, COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES,
-                                    caption_for, parse_caption)
+from course_lib.data.shapes import (
+    ATTR_KEYS,
+    COLOURS,
+    POSITIONS,
+    RELATIONS,
+    SHAPE_KINDS,
+    SIZES,
+    caption_for,
+    parse_caption,
+)
 from course_lib.data.text import CaptionTokenizer, WordTokenizer, pad_sequences
-from course_lib.nn.attention import TransformerBlock
 from course_lib.models.gpt import sample_logits
+from course_lib.nn.attention import TransformerBlock
 from course_lib.nn.layers import ConvBlock
 
 __all__ = ["QUESTION_TYPES", "SINGLE_QUESTIONS", "PAIR_QUESTIONS", "question_words", "caption_tokenizer", "ask",

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.data.text import CaptionTokenizer
-from course_lib.nn.attention import TransformerBlock
 from course_lib.models.autoencoder import ConvEncoder
+from course_lib.nn.attention import TransformerBlock
 
 __all__ = ["TextEncoder", "ImageEncoder", "CLIPModel",
            "similarity", "clip_loss", "class_embeddings", "zero_shot_classify", "recall_at_k",
@@ -221,7 +221,8 @@ def _check_pair(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
 def similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     """Cosine similarities ``(N, E), (M, E) -> (N, M)``: entry ``[i, j] = cos(image i, text j)``."""
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(f"need (N, E) and (M, E) with the same E, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+        raise ValueError(f"need (N, E) and (M, E) with the same E, got {tuple(image_emb.shape)} "
+                         f"and {tuple(text_emb.shape)}")
     return F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T   # x̂ ŷᵀ, x̂ = x / ||x||
 
 
@@ -319,7 +320,8 @@ def recall_at_k(sim: torch.Tensor, relevant: torch.Tensor, k: int = 1) -> float:
         raise ValueError(f"k must be an int in 1..{G} (the gallery size), got {k!r}")
     if relevant.dtype == torch.bool:
         if relevant.shape != sim.shape:
-            raise ValueError(f"a bool relevant must have the shape of sim {tuple(sim.shape)}, got {tuple(relevant.shape)}")
+            raise ValueError(f"a bool relevant must have the shape of sim {tuple(sim.shape)}, "
+                             f"got {tuple(relevant.shape)}")
     else:
         if relevant.shape != (Q,) or relevant.dtype.is_floating_point:
             raise ValueError(f"relevant must be (Q,) = ({Q},) integer indices or a (Q, G) bool matrix, "

@@ -25,8 +25,6 @@ every step re-reads the whole context, which is simple and fast enough for short
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -39,7 +39,10 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))) + Linear(temb); out = skip(x) + conv(dropout(SiLU(GN(h)))).  (B, C_in, H, W) -> (B, C_out, H, W)."""
+    """h = conv(SiLU(GN(x))) + Linear(temb); out = skip(x) + conv(dropout(SiLU(GN(h)))).
+
+    (B, C_in, H, W) -> (B, C_out, H, W).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float = 0.0):
         super().__init__()
