@@ -55,7 +55,18 @@ def test_objects_are_found_where_they_were_drawn(two):
     cells = sorted(o["cell"] for o in objects)
     assert cells == sorted([int(two.attrs["position"][0]), int(two.attrs["position2"][0])])
     assert sum(o["area"] for o in objects) == two.masks[0].sum().item()
-    assert all(o["crop"].shape == (3, 32, 32) for o in objects)
+    for o in objects:                                    # the judge sees it alone, at the centre
+        ys, xs = torch.nonzero(o["crop"].amax(0) >= 0.5 * o["crop"].amax(), as_tuple=True)
+        assert o["crop"].shape == (3, 32, 32) and len(ys) == o["area"]
+        assert abs((xs.min() + xs.max() + 1) / 2 - 16) <= 0.5 and abs((ys.min() + ys.max() + 1) / 2 - 16) <= 0.5
+
+
+def test_pixels_that_touch_at_a_corner_are_one_object():
+    image = torch.zeros(3, 32, 32)
+    for i in range(10):                                  # a one-pixel diagonal stroke, 10 px
+        image[:, 5 + i, 5 + i] = PALETTE[0]
+    objects, clean = find_objects(image)
+    assert clean and len(objects) == 1 and objects[0]["area"] == 10
 
 
 @pytest.mark.parametrize("size", [24, 64])
@@ -68,7 +79,7 @@ def test_other_resolutions_pass_too(size):
 def test_slightly_blurred_renders_still_pass(one, two):
     images = _blur(torch.cat([one.images, two.images]), sigma=0.8).clamp(0, 1)
     report = shapes_eval(images, one.captions + two.captions)
-    assert report["overall"] >= 0.95 and report["clean"] >= 0.95, report
+    assert report["overall"] >= 0.99 and report["clean"] >= 0.99, report   # a 1 px rim: 0.97, 0.96
 
 
 def test_blank_images_score_zero_and_are_clean(one, two):
@@ -161,11 +172,14 @@ def test_a_verdict_below_min_confidence_is_unreadable(one):
     assert shapes_eval(one.images[:10], one.captions[:10], judge=judge, min_confidence=0.5)["unreadable"] == 10
 
 
-def test_specks_make_the_background_unclean_but_are_not_objects(one):
-    image = one.images[0].clone()
-    corner = (slice(28, 30), slice(28, 30)) if int(one.attrs["position"][0]) != 8 else (slice(2, 4), slice(2, 4))
-    image[:, corner[0], corner[1]] = PALETTE[(int(one.attrs["colour"][0]) + 1) % 6].view(3, 1, 1)   # 4 px
-    v = shapes_eval_verdicts(image[None], one.captions[:1])[0]
+@pytest.mark.parametrize("size", [32, 64])
+def test_specks_make_the_background_unclean_but_are_not_objects(size):
+    batch = render_shapes(1, size=size, seed=3)
+    side = size // 16                                    # 2 x 2 px at 32, 4 x 4 at 64: 1/256 of the image
+    corner = slice(size - 2 - side, size - 2) if int(batch.attrs["position"][0]) != 8 else slice(2, 2 + side)
+    image = batch.images[0].clone()
+    image[:, corner, corner] = PALETTE[(int(batch.attrs["colour"][0]) + 1) % 6].view(3, 1, 1)
+    v = shapes_eval_verdicts(image[None], batch.captions)[0]
     assert len(v["objects"]) == 1 and not v["clean"]
     assert not v["single_object"] and v["colours"] and v["position"]
     assert "background not clean (specks or noise)" in v["why"]
