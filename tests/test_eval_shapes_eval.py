@@ -96,6 +96,15 @@ def test_noise_scores_about_zero_and_is_not_clean(one, two):
     assert report["clean"] == 0.0
 
 
+def test_a_noisy_background_is_not_clean_and_a_faint_one_is(one):
+    g = torch.Generator().manual_seed(1)
+    for sigma, clean in ((0.02, 1.0), (0.1, 0.0)):                        # Gaussian noise added
+        noisy = (one.images + sigma * torch.randn(one.images.shape, generator=g)).clamp(0, 1)
+        report = shapes_eval(noisy, one.captions)
+        assert report["clean"] == clean and report["single_object"] == clean, (sigma, report)
+        assert report["colours"] >= 0.99 and report["position"] >= 0.99, (sigma, report)
+
+
 def test_a_wrong_caption_fails_the_category_it_is_wrong_in(one):
     for key, other, failing in (("shape", len(SHAPE_KINDS), "single_object"),
                                 ("colour", len(COLOURS), "colours"),
