@@ -109,7 +109,7 @@ def _objects(image: Tensor, colour: np.ndarray, coverage: np.ndarray, min_area: 
             objects.append({"colour": int(k), "mask": torch.from_numpy(mask), "area": int(mask.sum()),
                             "centre": centre, "cell": _cell(*centre, height, width)})
     near = ndimage.binary_dilation(covered, _EIGHT, iterations=_RIM)      # objects and their rim
-    clean = specks == 0 and (coverage[~near] > _DIRTY).mean() <= _HAZE
+    clean = specks == 0 and (coverage[~near] > _DIRTY).sum() <= _HAZE * (~near).sum()
     if len(objects) <= 2:    # more can pass no category: spare the judge (noise has hundreds)
         for o in objects:
             rim = ndimage.binary_dilation(o["mask"].numpy(), _EIGHT, iterations=_RIM) & (colour == o["colour"])
