@@ -10,14 +10,8 @@ import os
 from pathlib import Path
 
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
-from nbgrader.preprocessors import (
-                                    AssignLatePenalties,
-                                    CheckCellMetadata,
-                                    Execute,
-                                    GetGrades,
-                                    LimitOutput,
-                                    SaveAutoGrades,
-)
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Execute, GetGrades, LimitOutput,
+                                    SaveAutoGrades)
 
 from course_lib.grading.nbgrader_plugins import StderrAsStdout, StripHiddenTests
 

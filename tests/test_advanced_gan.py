@@ -5,23 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.models.advanced_gan import (
-    ConditionalGenerator,
-    MappingNetwork,
-    ModulatedConv2d,
-    PatchDiscriminator,
-    ProjectionDiscriminator,
-    StyleGenerator,
-    UNetGenerator,
-    adain,
-    cycle_consistency_loss,
-    identity_loss,
-    mix_styles,
-    modulate_weights,
-    modulated_conv2d,
-    pixel_norm,
-    truncate,
-)
+from course_lib.models.advanced_gan import (ConditionalGenerator, MappingNetwork, ModulatedConv2d, PatchDiscriminator,
+                                            ProjectionDiscriminator, StyleGenerator, UNetGenerator, adain,
+                                            cycle_consistency_loss, identity_loss, mix_styles, modulate_weights,
+                                            modulated_conv2d, pixel_norm, truncate)
 
 torch.set_num_threads(1)
 

@@ -7,23 +7,10 @@ import torch
 from torch import nn
 
 from course_lib.data import parse_caption, render_shapes
-from course_lib.models.captioning import (
-    PAIR_QUESTIONS,
-    QUESTION_TYPES,
-    SINGLE_QUESTIONS,
-    Captioner,
-    CrossAttentionBlock,
-    ImageEncoder,
-    ImageTextDataset,
-    answer_accuracy,
-    answer_questions,
-    ask,
-    caption_accuracy,
-    caption_tokenizer,
-    decode_ids,
-    prefix_sequences,
-    vqa_examples,
-)
+from course_lib.models.captioning import (PAIR_QUESTIONS, QUESTION_TYPES, SINGLE_QUESTIONS, Captioner,
+                                          CrossAttentionBlock, ImageEncoder, ImageTextDataset, answer_accuracy,
+                                          answer_questions, ask, caption_accuracy, caption_tokenizer, decode_ids,
+                                          prefix_sequences, vqa_examples)
 
 torch.set_num_threads(1)
 

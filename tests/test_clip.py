@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.data import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, parse_caption, render_shapes
-from course_lib.models.clip import (
-    MAX_LOGIT_SCALE,
-    CaptionTokenizer,
-    CLIPModel,
-    class_embeddings,
-    clip_loss,
-    recall_at_k,
-    similarity,
-    zero_shot_classify,
-)
+from course_lib.models.clip import (MAX_LOGIT_SCALE, CaptionTokenizer, CLIPModel, class_embeddings, clip_loss,
+                                    recall_at_k, similarity, zero_shot_classify)
 
 
 def _hand_loss(a, b, s):

@@ -10,27 +10,13 @@ import math
 import pytest
 import torch
 
-from course_lib.diffusion.ddpm import (
-    classifier_guided_eps,
-    ddim_step,
-    ddim_timesteps,
-    ddpm_loss,
-    guided_eps,
-    predict_x0,
-    reverse_step,
-    sample,
-)
+from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_timesteps, ddpm_loss, guided_eps,
+                                       predict_x0, reverse_step, sample)
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.objectives import EpsFromV, eps_from_v, v_target
 from course_lib.diffusion.path import DiffusionPath
-from course_lib.diffusion.schedule import (
-    NoiseSchedule,
-    cosine_betas,
-    linear_betas,
-    q_sample,
-    to_image_range,
-    to_model_range,
-)
+from course_lib.diffusion.schedule import (NoiseSchedule, cosine_betas, linear_betas, q_sample, to_image_range,
+                                           to_model_range)
 from course_lib.diffusion.solver import DDIMRule
 from course_lib.models.unet import UNet, count_parameters
 from course_lib.nn.embeddings import timestep_embedding

@@ -7,12 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from course_lib.diffusion.export import (
-    CourseTextToImagePipeline,
-    export_pipeline,
-    model_from_pipeline,
-    pipeline_from_model,
-)
+from course_lib.diffusion.export import (CourseTextToImagePipeline, export_pipeline, model_from_pipeline,
+                                         pipeline_from_model)
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.text2image import TextToImage, make_tokenizer
 from course_lib.models.autoencoder import LatentAutoencoder

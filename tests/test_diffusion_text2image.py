@@ -4,14 +4,8 @@ import torch
 
 from course_lib.data.shapes import parse_caption, render_shapes
 from course_lib.diffusion.schedule import NoiseSchedule
-from course_lib.diffusion.text2image import (
-    PLACEHOLDER,
-    TextToImage,
-    make_tokenizer,
-    partial_caption,
-    training_captions,
-    word_attention_maps,
-)
+from course_lib.diffusion.text2image import (PLACEHOLDER, TextToImage, make_tokenizer, partial_caption,
+                                             training_captions, word_attention_maps)
 from course_lib.models.autoencoder import LatentAutoencoder
 from course_lib.models.clip import TextEncoder
 from course_lib.models.unet import UNet

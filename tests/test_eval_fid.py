@@ -7,18 +7,8 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from course_lib.eval import (
-    attribute_accuracy,
-    class_report,
-    extract_features,
-    feature_stats,
-    fid,
-    fid_from_features,
-    frechet_distance,
-    kid,
-    kid_from_features,
-    real_vs_real_baseline,
-)
+from course_lib.eval import (attribute_accuracy, class_report, extract_features, feature_stats, fid, fid_from_features,
+                             frechet_distance, kid, kid_from_features, real_vs_real_baseline)
 
 
 def _random_cov(d, seed):

@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.eval import (
-    class_probabilities,
-    fid_vs_sample_size,
-    inception_score,
-    inception_score_from_probs,
-    kl_to_marginal,
-    knn_radii,
-    precision_recall,
-)
+from course_lib.eval import (class_probabilities, fid_vs_sample_size, inception_score, inception_score_from_probs,
+                             kl_to_marginal, knn_radii, precision_recall)
 from course_lib.eval.judges import load_judge
 
 

@@ -7,22 +7,9 @@ import math
 import pytest
 import torch
 
-from course_lib.models.flows import (
-    ActNorm,
-    AffineCoupling,
-    Flow,
-    FlowSequence,
-    Invertible1x1Conv,
-    LogitTransform,
-    Squeeze,
-    alternating_mask,
-    bits_per_dim,
-    channel_mask,
-    checkerboard_mask,
-    dequantize,
-    quantize,
-    standard_normal_log_prob,
-)
+from course_lib.models.flows import (ActNorm, AffineCoupling, Flow, FlowSequence, Invertible1x1Conv, LogitTransform,
+                                     Squeeze, alternating_mask, bits_per_dim, channel_mask, checkerboard_mask,
+                                     dequantize, quantize, standard_normal_log_prob)
 
 
 def randomized(layer, scale=0.3, seed=0):

@@ -8,16 +8,8 @@ import pytest
 import torch
 
 from course_lib.foundations.autograd import Value, gradient_descent, mlp2_forward_backward, numerical_gradient
-from course_lib.foundations.probability import (
-    entropy_normal,
-    exponential_icdf,
-    gaussian_log_prob,
-    inverse_cdf_sample,
-    kl_monte_carlo,
-    kl_normal,
-    mvn_log_prob,
-    reparameterize,
-)
+from course_lib.foundations.probability import (entropy_normal, exponential_icdf, gaussian_log_prob, inverse_cdf_sample,
+                                                kl_monte_carlo, kl_normal, mvn_log_prob, reparameterize)
 
 # ----------------------------------------------------------------------------- Value
 # Each op works on both Value and torch tensors, so one random program builds twin graphs.

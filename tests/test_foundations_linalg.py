@@ -5,14 +5,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from course_lib.foundations.linalg import (
-    PCAResult,
-    cosine_similarity,
-    low_rank_approx,
-    pca,
-    pca_project,
-    pca_reconstruct,
-)
+from course_lib.foundations.linalg import (PCAResult, cosine_similarity, low_rank_approx, pca, pca_project,
+                                           pca_reconstruct)
 
 
 def _rank_r(m, n, r, seed=0, dtype=torch.float64):

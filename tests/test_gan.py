@@ -8,25 +8,10 @@ import math
 import pytest
 import torch
 
-from course_lib.models.gan import (
-    Discriminator,
-    Generator,
-    MLPDiscriminator,
-    MLPGenerator,
-    d_loss_minimax,
-    d_loss_nonsaturating,
-    g_loss_minimax,
-    g_loss_nonsaturating,
-    gan_loop,
-    gradient_penalty,
-    has_spectral_norm,
-    mode_coverage,
-    random_translate,
-    slerp,
-    train_gan,
-    wgan_d_loss,
-    wgan_g_loss,
-)
+from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, MLPGenerator, d_loss_minimax,
+                                   d_loss_nonsaturating, g_loss_minimax, g_loss_nonsaturating, gan_loop,
+                                   gradient_penalty, has_spectral_norm, mode_coverage, random_translate, slerp,
+                                   train_gan, wgan_d_loss, wgan_g_loss)
 from course_lib.train import EMA
 
 LOG3 = math.log(3.0)

@@ -7,17 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.nn.attention import (
-    FeedForward,
-    MultiHeadAttention,
-    TransformerBlock,
-    attend_heads,
-    attention,
-    causal_mask,
-    merge_heads,
-    padding_mask,
-    split_heads,
-)
+from course_lib.nn.attention import (FeedForward, MultiHeadAttention, TransformerBlock, attend_heads, attention,
+                                     causal_mask, merge_heads, padding_mask, split_heads)
 from course_lib.nn.embeddings import sinusoidal_positions
 from course_lib.nn.layers import MLP
 

@@ -7,18 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.nn.layers import (
-    MLP,
-    RF,
-    ConvBlock,
-    ResBlock,
-    SmallCNN,
-    activation,
-    conv2d,
-    conv_output_size,
-    norm_layer,
-    receptive_field,
-)
+from course_lib.nn.layers import (MLP, RF, ConvBlock, ResBlock, SmallCNN, activation, conv2d, conv_output_size,
+                                  norm_layer, receptive_field)
 
 
 @pytest.mark.parametrize("kernel", [(1, 1), (3, 3), (2, 3), (5, 4)])

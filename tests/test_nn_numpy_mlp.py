@@ -7,20 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.nn.numpy_mlp import (
-    NumpyMLP,
-    init_mlp,
-    linear_backward,
-    log_softmax,
-    mlp_backward,
-    mlp_forward,
-    mlp_loss_and_grads,
-    numerical_gradients,
-    relu_backward,
-    sgd_step,
-    softmax,
-    softmax_cross_entropy,
-)
+from course_lib.nn.numpy_mlp import (NumpyMLP, init_mlp, linear_backward, log_softmax, mlp_backward, mlp_forward,
+                                     mlp_loss_and_grads, numerical_gradients, relu_backward, sgd_step, softmax,
+                                     softmax_cross_entropy)
 
 
 def _data(n=6, d=5, c=4, seed=0):

@@ -5,20 +5,8 @@ import pytest
 import torch
 
 from course_lib.data import parse_caption
-from course_lib.data.text import (
-    GRAMMAR_WORDS,
-    BPETokenizer,
-    CaptionTokenizer,
-    CharTokenizer,
-    WordTokenizer,
-    caption_corpus,
-    chunks,
-    count_pairs,
-    lm_pairs,
-    merge_pair,
-    pad_sequences,
-    train_bpe,
-)
+from course_lib.data.text import (GRAMMAR_WORDS, BPETokenizer, CaptionTokenizer, CharTokenizer, WordTokenizer,
+                                  caption_corpus, chunks, count_pairs, lm_pairs, merge_pair, pad_sequences, train_bpe)
 
 ODD_TEXTS = ["a small red circle at the top", "  two  spaces\tand a tab\n", "", "x",
              "héllo wörld — ünïcode ✓ 日本語 🙂", "trailing space "]

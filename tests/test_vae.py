@@ -5,16 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.models.vae import (
-    VAE,
-    ELBOLoss,
-    bernoulli_nll,
-    elbo_loss,
-    gaussian_kl,
-    gaussian_kl_per_dim,
-    gaussian_nll,
-    reparameterize,
-)
+from course_lib.models.vae import (VAE, ELBOLoss, bernoulli_nll, elbo_loss, gaussian_kl, gaussian_kl_per_dim,
+                                   gaussian_nll, reparameterize)
 from course_lib.train import fit
 
 

@@ -26,49 +26,20 @@ from torch.utils.data import Dataset, Subset
 
 from course_lib.data._names import unknown_name
 from course_lib.data.digits import DIGIT_SPLITS, DigitsDataset
-from course_lib.data.moving import (
-    DIRECTIONS,
-    MOVING_ATTR_KEYS,
-    MovingShapesBatch,
-    MovingShapesDataset,
-    moving_caption_for,
-    parse_moving_caption,
-    render_moving_shapes,
-)
-from course_lib.data.real import (
-    OFFLINE_ALTERNATIVE,
-    REAL_DATASETS,
-    DatasetUnavailableError,
-    load_real,
-    write_cifar10_format,
-    write_mnist_format,
-    write_standin,
-)
-from course_lib.data.shapes import (
-    ATTR_KEYS,
-    COLOURS,
-    HALF_EXTENT,
-    JITTER,
-    POSITIONS,
-    RELATIONS,
-    SHAPE_KINDS,
-    SIZES,
-    ShapesBatch,
-    ShapesDataset,
-    caption_for,
-    cell_size,
-    edge_map,
-    parse_caption,
-    render_shapes,
-    shape_coverage,
-)
+from course_lib.data.moving import (DIRECTIONS, MOVING_ATTR_KEYS, MovingShapesBatch, MovingShapesDataset,
+                                    moving_caption_for, parse_moving_caption, render_moving_shapes)
+from course_lib.data.real import (OFFLINE_ALTERNATIVE, REAL_DATASETS, DatasetUnavailableError, load_real,
+                                  write_cifar10_format, write_mnist_format, write_standin)
+from course_lib.data.shapes import (ATTR_KEYS, COLOURS, HALF_EXTENT, JITTER, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES,
+                                    ShapesBatch, ShapesDataset, caption_for, cell_size, edge_map, grid_cell,
+                                    parse_caption, render_shapes, shape_coverage)
 from course_lib.data.toys import TOYS, ToyDataset, sample_toy, sample_toy_labelled
 
 __all__ = [
     "DATASETS", "TEST_SEED_OFFSET", "load_dataset", "stack_images",
     "DigitsDataset", "DIGIT_SPLITS",
     "SHAPE_KINDS", "COLOURS", "SIZES", "POSITIONS", "RELATIONS", "ATTR_KEYS", "HALF_EXTENT",
-    "JITTER", "cell_size", "ShapesBatch", "render_shapes", "shape_coverage", "edge_map",
+    "JITTER", "cell_size", "grid_cell", "ShapesBatch", "render_shapes", "shape_coverage", "edge_map",
     "caption_for", "parse_caption", "ShapesDataset",
     "DIRECTIONS", "MOVING_ATTR_KEYS", "MovingShapesBatch", "render_moving_shapes",
     "moving_caption_for", "parse_moving_caption", "MovingShapesDataset",

@@ -80,6 +80,14 @@ def cell_size(size: int) -> float:
     return (size - 2 * _FRAME) / 3
 
 
+def grid_cell(x: float, y: float, height: int, width: int) -> int:
+    """The grid position (0..8, row-major as POSITIONS) of the pixel point (x, y) on an H x W canvas;
+    points in the frame count to the nearest cell."""
+    col = min(max(int((x - _FRAME) // cell_size(width)), 0), 2)
+    row = min(max(int((y - _FRAME) // cell_size(height)), 0), 2)
+    return 3 * row + col
+
+
 @dataclass
 class ShapesBatch:
     """A rendered batch. ``attrs`` values are indices into the constants (−1: no 2nd object).

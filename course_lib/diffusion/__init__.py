@@ -19,27 +19,14 @@ And: ``score`` (score matching on 2-D toys), ``latent`` (latent scale), ``text2i
 
 Phase 5 adds flow matching as a path beside ``DiffusionPath`` and its ODE solvers as step rules.
 """
-from course_lib.diffusion.ddpm import (
-    classifier_guided_eps,
-    ddim_step,
-    ddim_timesteps,
-    ddpm_loss,
-    guided_eps,
-    predict_x0,
-    reverse_step,
-)
+from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_timesteps, ddpm_loss, guided_eps,
+                                       predict_x0, reverse_step)
 from course_lib.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance
 from course_lib.diffusion.latent import encode_dataset, latent_scale_factor, scale_latents, unscale_latents
 from course_lib.diffusion.objectives import EpsFromV, eps_from_v, v_target
 from course_lib.diffusion.path import DiffusionPath, PathSample
-from course_lib.diffusion.schedule import (
-    NoiseSchedule,
-    cosine_betas,
-    linear_betas,
-    q_sample,
-    to_image_range,
-    to_model_range,
-)
+from course_lib.diffusion.schedule import (NoiseSchedule, cosine_betas, linear_betas, q_sample, to_image_range,
+                                           to_model_range)
 from course_lib.diffusion.schedulers import SchedulerRule, diffusers_scheduler, sample_with_scheduler
 from course_lib.diffusion.solver import AncestralRule, DDIMRule, sample, solve
 

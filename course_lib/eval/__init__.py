@@ -9,6 +9,8 @@ file               what is inside
 ``accuracy``       did it draw what was asked: ``attribute_accuracy``, ``class_report``, and
                    the Inception Score
 ``coverage``       precision / recall and density / coverage
+``shapes_eval``    ShapesEval, the course's GenEval: objects found by colour, judged one by one
+``masks``          object masks and edges read back from generated images, mask IoU
 ``sweeps``         the sampler comparison harness (``compare_samplers``), guidance sweeps
 ``speed``          training speed of the course U-Net against `diffusers`' UNet2DModel
 =================  ==========================================================================
@@ -17,28 +19,17 @@ All images are (N, C, H, W) in [0, 1]; a ``judge`` argument is ``"digits"``, ``"
 judge module. The names below can be imported from ``course_lib.eval`` directly; ``sweeps``
 and ``speed`` are imported by file (they run models).
 """
-from course_lib.eval.accuracy import (
-                                      attribute_accuracy,
-                                      class_probabilities,
-                                      class_report,
-                                      inception_score,
-                                      inception_score_from_probs,
-                                      kl_to_marginal,
-)
+from course_lib.eval.accuracy import (attribute_accuracy, class_probabilities, class_report, inception_score,
+                                      inception_score_from_probs, kl_to_marginal)
 from course_lib.eval.coverage import knn_radii, precision_recall
-from course_lib.eval.distances import (
-                                      feature_stats,
-                                      fid,
-                                      fid_from_features,
-                                      fid_vs_sample_size,
-                                      frechet_distance,
-                                      kid,
-                                      kid_from_features,
-                                      real_vs_real_baseline,
-)
+from course_lib.eval.distances import (feature_stats, fid, fid_from_features, fid_vs_sample_size, frechet_distance, kid,
+                                       kid_from_features, real_vs_real_baseline)
 from course_lib.eval.judges import extract_features, load_judge
+from course_lib.eval.masks import edges_of, mask_iou, object_mask
+from course_lib.eval.shapes_eval import shapes_eval, shapes_eval_verdicts
 
 __all__ = ["load_judge", "extract_features", "feature_stats", "frechet_distance", "fid_from_features",
            "kid_from_features", "fid", "kid", "real_vs_real_baseline", "fid_vs_sample_size",
            "attribute_accuracy", "class_report", "class_probabilities", "kl_to_marginal",
-           "inception_score_from_probs", "inception_score", "knn_radii", "precision_recall"]
+           "inception_score_from_probs", "inception_score", "knn_radii", "precision_recall",
+           "shapes_eval", "shapes_eval_verdicts", "object_mask", "edges_of", "mask_iou"]

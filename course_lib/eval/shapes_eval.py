@@ -52,7 +52,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from course_lib.data.shapes import _FRAME, COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, cell_size, parse_caption
+from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, grid_cell, parse_caption
 from course_lib.eval.judges import _batches, _get_judge, _predict, check_images
 from course_lib.eval.masks import pixel_colours
 
@@ -71,13 +71,6 @@ def default_min_area(height: int, width: int) -> int:
     """Smallest component counted as an object: 6 px at 32 x 32, scaled with the image area.
     (The smallest object ``render_shapes`` draws covers 15 px at 32 x 32.)"""
     return max(2, round(6 * height * width / 32 ** 2))
-
-
-def _cell(x: float, y: float, height: int, width: int) -> int:
-    """Grid cell (0..8, row-major as POSITIONS) of the pixel point (x, y)."""
-    col = int(np.clip((x - _FRAME) // cell_size(width), 0, 2))
-    row = int(np.clip((y - _FRAME) // cell_size(height), 0, 2))
-    return 3 * row + col
 
 
 def find_objects(image: Tensor, min_area: int | None = None) -> tuple[list[dict], bool]:
@@ -107,7 +100,7 @@ def _objects(image: Tensor, colour: np.ndarray, coverage: np.ndarray, min_area: 
             ys, xs = np.nonzero(mask)
             centre = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
             objects.append({"colour": int(k), "mask": torch.from_numpy(mask), "area": int(mask.sum()),
-                            "centre": centre, "cell": _cell(*centre, height, width)})
+                            "centre": centre, "cell": grid_cell(*centre, height, width)})
     near = ndimage.binary_dilation(covered, _EIGHT, iterations=_RIM)      # objects and their rim
     clean = specks == 0 and (coverage[~near] > _DIRTY).sum() <= _HAZE * (~near).sum()
     if len(objects) <= 2:    # more can pass no category: spare the judge (noise has hundreds)

@@ -49,16 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from course_lib.data.shapes import (
-    ATTR_KEYS,
-    COLOURS,
-    POSITIONS,
-    RELATIONS,
-    SHAPE_KINDS,
-    SIZES,
-    caption_for,
-    parse_caption,
-)
+from course_lib.data.shapes import (ATTR_KEYS, COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES, caption_for,
+                                    parse_caption)
 from course_lib.data.text import CaptionTokenizer, WordTokenizer, pad_sequences
 from course_lib.models.gpt import sample_logits
 from course_lib.nn.attention import TransformerBlock
