@@ -26,7 +26,17 @@ def _source(cells, kind):
 SETUP_MAX_LINES = 25
 # Any of these in a code cell is a smoke/full decision (a ternary `x if cfg.smoke else y` too).
 DECISION = re.compile(r"\.pick\(|\bSMOKE\b|\.smoke\b|\bis_smoke\(")
-NOT_IN_SETUP = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.With)
+NOT_IN_SETUP = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.With,
+                ast.Import, ast.ImportFrom)
+
+
+def imports_only(source: str) -> bool:
+    """A cell of import statements (and comments) only."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return bool(body) and all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in body)
 
 
 def code_lines(source: str) -> int:
@@ -49,12 +59,12 @@ def without_comments(source: str) -> str:
 
 
 def setup_problems(setup, cells, params) -> list[str]:
-    """The set-up cell holds imports, cfg = course_lib.setup(...), sizes and knobs only, and no
-    other code cell makes a smoke/full decision."""
+    """The set-up cell holds cfg = course_lib.setup(...), sizes and knobs only (no imports, no
+    helpers), and no other code cell makes a smoke/full decision."""
     problems = []
     n = code_lines(setup.source)
     if n > SETUP_MAX_LINES:
-        problems.append(f"the set-up cell has {n} non-blank lines (at most {SETUP_MAX_LINES}: imports, "
+        problems.append(f"the set-up cell has {n} non-blank lines (at most {SETUP_MAX_LINES}: "
                         "cfg = course_lib.setup(...), sizes and knobs; helpers, models and data go to "
                         "the cell that first uses them)")
     try:
@@ -62,7 +72,10 @@ def setup_problems(setup, cells, params) -> list[str]:
     except SyntaxError:
         tree = ast.Module(body=[], type_ignores=[])
     for node in tree.body:
-        if isinstance(node, NOT_IN_SETUP):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            problems.append(f"the set-up cell imports nothing (line {node.lineno}): the notebook's imports go in "
+                            "the imports cell before the parameters cell")
+        elif isinstance(node, NOT_IN_SETUP):
             what = getattr(node, "name", type(node).__name__.lower())
             problems.append(f"the set-up cell holds sizes and knobs only, not `{what}` (line {node.lineno}): "
                             "move it to the cell that first uses it")
@@ -100,6 +113,10 @@ def standard_problems(path) -> list[str]:
     if len(params) != 1:
         problems.append(f"exactly one cell tagged 'parameters' (found {len(params)})")
     else:
+        at = code.index(params[0])
+        if at != 2 or not imports_only(code[1].source):
+            problems.append("the code cells start: the Colab install, then one cell of the notebook's imports "
+                            "(imports only), then the parameters cell")
         names = {t.id for node in ast.parse(params[0].source).body if isinstance(node, ast.Assign)
                  for t in node.targets if isinstance(t, ast.Name)}
         if not {"SMOKE", "SEED"} <= names:
