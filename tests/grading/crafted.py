@@ -29,10 +29,14 @@ def _grade_id(cell) -> str | None:
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
-def solution_answers() -> dict[str, str]:
+def _source(assignment: str) -> Path:
+    return ROOT / "solutions" / assignment / f"{assignment}.ipynb"
+
+
+def solution_answers(assignment: str = ASSIGNMENT) -> dict[str, str]:
     """The answer cells of the source notebook, without the solution markers."""
     answers = {}
-    for cell in nbformat.read(SOURCE, as_version=4).cells:
+    for cell in nbformat.read(_source(assignment), as_version=4).cells:
         if cell.metadata.get("nbgrader", {}).get("solution"):
             lines = [l for l in cell.source.splitlines() if "BEGIN SOLUTION" not in l
                      and "END SOLUTION" not in l]
@@ -40,14 +44,20 @@ def solution_answers() -> dict[str, str]:
     return answers
 
 
-def release() -> nbformat.NotebookNode:
-    return nbformat.read(RELEASE, as_version=4)
+def locked_sources(assignment: str = ASSIGNMENT) -> dict[str, str]:
+    """The locked cells (set-up, visible and hidden tests) of the source notebook."""
+    return {_grade_id(c): c.source for c in nbformat.read(_source(assignment), as_version=4).cells
+            if c.metadata.get("nbgrader", {}).get("locked")}
 
 
-def notebook(answers: dict[str, str] | None = None, edit=None) -> str:
+def release(assignment: str = ASSIGNMENT) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / "assignments" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def notebook(answers: dict[str, str] | None = None, edit=None, assignment: str = ASSIGNMENT) -> str:
     """The release with answer cells replaced (``None``: all correct), then ``edit(nb)``."""
-    nb = release()
-    answers = solution_answers() if answers is None else answers
+    nb = release(assignment)
+    answers = solution_answers(assignment) if answers is None else answers
     for cell in nb.cells:
         if _grade_id(cell) in answers:
             cell.source = answers[_grade_id(cell)]
@@ -194,12 +204,13 @@ def crafted_submissions(outside: Path, gradebook: Path) -> dict[str, tuple[str, 
     }
 
 
-def write_submissions(folder: Path, subs: dict[str, tuple[str, Expect]]) -> None:
-    """``folder/<student>/a1_gradients/a1_gradients.ipynb`` for each submission."""
+def write_submissions(folder: Path, subs: dict[str, tuple[str, Expect]],
+                      assignment: str = ASSIGNMENT) -> None:
+    """``folder/<student>/<assignment>/<assignment>.ipynb`` for each submission."""
     for student, (text, _) in subs.items():
-        dest = folder / student / ASSIGNMENT
+        dest = folder / student / assignment
         dest.mkdir(parents=True, exist_ok=True)
-        (dest / f"{ASSIGNMENT}.ipynb").write_text(text)
+        (dest / f"{assignment}.ipynb").write_text(text)
 
 
 def hidden_test_lines() -> list[str]:
