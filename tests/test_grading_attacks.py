@@ -6,7 +6,8 @@ correct control submission:
    in a file of the submission's folder);
 3. grader detection and blinding (empties the watched sets, then calls the references);
 4. erasing the audit trail (starts a process, then clears the in-process audit records);
-5. the reference modules run afresh from their source (``runpy``), so their functions are new;
+5. the reference modules copied from their source files and run from there (``runpy``), so
+   their functions are new (the old monitor knew the references by their code objects);
 6. the visible tests' answers memorised at home and pasted in as a table;
 7. a submission that starts hundreds of threads, graded beside a correct one that needs threads.
 
@@ -86,7 +87,7 @@ def submissions() -> dict[str, tuple[str, Expect]]:
         "erases_audit": (nb(attacks.erases_the_audit_trail(target, correct)),
                          Expect(FULL, "needs review", "started a process")),
         "reference_copied": (nb(attacks.reference_copied_from_source(target)),
-                             Expect(0, "needs review", "course reference")),
+                             Expect(0, "needs review", "source of a course reference")),
         "memorised": (nb(attacks.memorised_visible_answers(target, table)),
                       Expect(0, "needs review", "fails when re-checked")),
     }

@@ -201,6 +201,28 @@ def crafted_submissions(outside: Path, gradebook: Path) -> dict[str, tuple[str, 
         "snoops": (notebook(edit=_snoop_cell(outside, gradebook)),
                    Expect(FULL, "needs review", "tried to read")),
         "warnings": (notebook(_warn_everywhere(answers)), Expect(FULL, "graded")),
+        **issue_12_attacks(answers),
+    }
+
+
+def issue_12_attacks(answers: dict[str, str]) -> dict[str, tuple[str, Expect]]:
+    """The attacks of issue 12 (and two more) on A1; see tests/grading/attacks.py."""
+    from grading import attacks
+    target, locked = attacks.a1_target(), locked_sources()
+    table = attacks.record_visible_answers(target, answers, locked["setup"], locked)
+    return {
+        "thread_reference": (notebook(attacks.reference_in_a_thread(target)),
+                             Expect(0, "needs review", "calls the course reference")),
+        "carried_answers": (notebook(attacks.answers_carried_over(target)),
+                            Expect(0, "needs review", "fails when re-checked")),
+        "blinds_grader": (notebook(attacks.blinds_the_grader(target)),
+                          Expect(0, "needs review", "calls the course reference")),
+        "erases_audit": (notebook(attacks.erases_the_audit_trail(target, answers)),
+                         Expect(FULL, "needs review", "started a process")),
+        "reference_copied": (notebook(attacks.reference_copied_from_source(target)),
+                             Expect(0, "needs review", "source of a course reference")),
+        "memorised": (notebook(attacks.memorised_visible_answers(target, table)),
+                      Expect(0, "needs review", "fails when re-checked")),
     }
 
 
