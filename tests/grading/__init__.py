@@ -58,6 +58,8 @@ def call_with_references_off(refs, fn, args: tuple) -> str | None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:                                         # the child: never returns
+        import torch
+        torch.set_num_threads(1)         # the parent's OpenMP threads did not come along
         os.close(read)
         out = ""
         try:
