@@ -203,3 +203,27 @@ def test_each_job_runs_as_a_user_of_its_own(zygote, tmp_path):
         uids.append(int(out[0]["outputs"][0]["text"]))
         assert uids[-1] == exit_info["uid"] >= sandbox.JOB_UID_BASE
     assert uids[0] != uids[1] and sandbox.NOBODY not in uids
+
+
+def test_a_reference_that_cannot_be_switched_off_is_reported(zygote, tmp_path):
+    """The re-check job says, before any learner code runs, which references it could not
+    switch off; the ones it could are stopped from any thread."""
+    from course_lib.grading import a6, references
+    from course_lib.grading.remote import RemoteSession
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    cell = ("import concurrent.futures\nimport course_lib\n"
+            "def go(x):\n"
+            "    with concurrent.futures.ThreadPoolExecutor(1) as pool:\n"
+            "        return pool.submit(course_lib.diffusion.schedule.to_model_range, x).result()\n")
+    spec = {"job_dir": str(job_dir), "cwd": str(job_dir), "hidden": [], "cell_timeout": 10,
+            "memory_bytes": 1024 ** 3, "cells": [{"index": 0, "source": cell}],
+            "disable": [references.name_of(f) for f in a6.REFERENCES] + ["course_lib.nowhere:f"]}
+    session = RemoteSession(zygote, spec, call_timeout=10)
+    try:
+        with pytest.raises(Exception, match="course_lib.diffusion.schedule.to_model_range"):
+            session.call(("name", "go"), (1.0,), {})
+    finally:
+        session.close()
+    assert session.still_on == ["course_lib.nowhere:f"]
+    assert any(e["kind"] == "audit:reference" for e in session.events), session.events

@@ -278,14 +278,16 @@ def _answer(conn, request: dict, shell, objects: dict) -> None:
 
 def _serve(conn, spec: dict, shell, sink: OutputSink) -> None:
     from course_lib.grading import guard, references
-    still_on = references.disable(spec.get("disable", []))      # before any learner code
+    # before any learner code runs, and said before it runs (so it cannot be edited)
+    protocol.send_json(conn, {"type": "switched_off",
+                              "failed": references.disable(spec.get("disable", []))})
     errors = []
     for cell in spec["cells"]:
         sink.start()
         _timed_cell(shell, cell["source"], cell.get("timeout", spec["cell_timeout"]))
         errors += [{"index": cell["index"], "ename": o["ename"], "evalue": o["evalue"]}
                    for o in sink.take() if o["output_type"] == "error"]
-    protocol.send_json(conn, {"type": "ready", "errors": errors, "not_disabled": still_on,
+    protocol.send_json(conn, {"type": "ready", "errors": errors,
                               "monkeypatched": guard.changed()})
     objects: dict[int, object] = {}
     while True:

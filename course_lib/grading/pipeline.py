@@ -577,10 +577,10 @@ class Grader:
             graded.SEED_OFFSET.reset(seeds)
             session.close()
         ready = session.ready or {}
-        if ready.get("not_disabled"):
-            log.error("references not switched off: %s", ready["not_disabled"])
+        if session.still_on:
+            log.error("references not switched off: %s", session.still_on)
             outcome.flag("the grader could not switch off the course references "
-                         f"{', '.join(map(str, ready['not_disabled'][:4]))}; please report it")
+                         f"{', '.join(session.still_on[:4])}; please report it")
         if ready.get("monkeypatched"):
             names = ", ".join(ready["monkeypatched"][:6])
             outcome.flag(f"monkeypatches {names} (library functions replaced at run time)")

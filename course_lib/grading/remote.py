@@ -151,6 +151,7 @@ class RemoteSession:
         self.events: list[dict] = []       # deaths, timeouts, reference calls, audit records
         self.ready: dict | None = None     # the first job's report after running the cells
         self.broken: str | None = None     # why no job can be had
+        self.still_on: list[str] = []      # references the job could not switch off
 
     # -- lifecycle
     def _start(self) -> None:
@@ -167,6 +168,8 @@ class RemoteSession:
         try:
             while True:
                 kind, msg = job.recv(deadline)
+                if kind == "J" and msg.get("type") == "switched_off" and not self.still_on:
+                    self.still_on = [str(n) for n in msg.get("failed", [])][:10]
                 if kind == "J" and msg.get("type") == "ready":
                     break
         except TimeoutError:
