@@ -71,7 +71,8 @@ def _cells(target: Target, header: str, body) -> dict[str, str]:
     """One answer cell per part; the first one also holds ``header``."""
     cells = {}
     for i, (gid, (name, params, expr)) in enumerate(target.answers.items()):
-        code = f"def {name}({params}):\n" + "".join(f"    {line}\n" for line in body(expr, params).splitlines())
+        lines = body(expr, params).splitlines()
+        code = f"def {name}({params}):\n" + "".join(f"    {line}\n" for line in lines)
         cells[gid] = (header + "\n\n" if i == 0 else "") + code
     return cells
 
