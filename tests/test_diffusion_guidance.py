@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.diffusion import guidance as G
-from course_lib.diffusion.ddpm import sample
+from course_lib.diffusion.solver import sample
 from course_lib.diffusion.schedule import NoiseSchedule, q_sample
 from course_lib.diffusion.solver import DDIMRule
 from course_lib.eval.sweeps import guidance_sweep, within_class_spread

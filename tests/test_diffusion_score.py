@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from course_lib.data import sample_toy
-from course_lib.diffusion.ddpm import sample
+from course_lib.diffusion.solver import sample
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.score import (GaussianMixture, ScoreMLP, annealed_langevin, checkerboard_fraction, dsm_loss,
                                         energy_distance, eps_from_score, geometric_sigmas, langevin, mode_share,

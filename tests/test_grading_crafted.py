@@ -1,6 +1,7 @@
 """A1 graded end to end with `course-grade` on crafted submissions: correct, blank, subtly wrong,
 edited and deleted tests, an infinite loop, a memory hog, a dead kernel, corrupt JSON, calling
-the reference, monkeypatching, swallowing errors, snooping and warnings. Each gets the right
+the reference, monkeypatching, swallowing errors, snooping, warnings, and the attacks of issue 12
+(tests/grading/attacks.py). Each gets the right
 score or "needs review"/"failed to run" with its reason; none stops the others; feedback shows
 no hidden test; nothing is written outside the workspace."""
 from __future__ import annotations

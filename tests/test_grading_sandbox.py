@@ -3,13 +3,13 @@ and cannot do, in both isolation modes."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from course_lib.grading import sandbox
+from course_lib.grading.protocol import FrameError
 from course_lib.grading.zygote import Zygote
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,18 +39,19 @@ print(json.dumps(report))
 def _run(zygote: Zygote, job_dir: Path, cells: list[str], hidden: list[str], timeout=10,
          memory=1024 ** 3) -> tuple[list[dict], dict]:
     job_dir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(job_dir, sandbox.NOBODY, sandbox.NOBODY)
     spec = {"kind": "execute", "job_dir": str(job_dir), "cwd": str(job_dir), "hidden": hidden,
             "cell_timeout": timeout, "memory_bytes": memory,
             "cells": [{"index": i, "source": s} for i, s in enumerate(cells)]}
     job = zygote.open(spec)
     cells_out = []
     while True:
-        _, msg = job.recv(time.monotonic() + 60)
+        try:
+            _, msg = job.recv(time.monotonic() + 60)
+        except FrameError:                      # the job died
+            break
         if msg["type"] == "cell":
             cells_out.append(msg)
-        if msg["type"] in ("done", "exit"):
+        if msg["type"] == "done":
             break
     return cells_out, job.wait_exit()
 
@@ -71,7 +72,8 @@ def test_job_sees_only_its_folder_and_no_network(zygote, tmp_path):
     secret.write_text("the solutions")
     outside = ROOT / "WRITTEN_BY_SANDBOX_TEST.txt"
     job_dir = tmp_path / "job"
-    out, exit_info = _run(zygote, job_dir, [PROBE.replace("SECRET", repr(str(secret))).replace("OUTSIDE", repr(str(outside)))],
+    probe = PROBE.replace("SECRET", repr(str(secret))).replace("OUTSIDE", repr(str(outside)))
+    out, exit_info = _run(zygote, job_dir, [probe],
                           hidden=[str(secret.parent)])
     text = out[0]["outputs"][0]["text"]
     report = json.loads(text)
@@ -81,10 +83,10 @@ def test_job_sees_only_its_folder_and_no_network(zygote, tmp_path):
     assert report["write_own"] == "mine"
     assert not outside.exists()
     assert (job_dir / "mine.txt").read_text() == "mine"
-    kinds = {r["kind"] for r in out[0]["audit"]}
-    assert {"read", "write", "network"} <= kinds, out[0]["audit"]
+    kinds = {r["kind"] for r in exit_info["audit"]}
+    assert {"read", "write", "network"} <= kinds, exit_info["audit"]
     if zygote.mode == "namespaces":
-        assert report["uid"] == sandbox.NOBODY
+        assert report["uid"] >= sandbox.JOB_UID_BASE
     assert exit_info["code"] == 0
 
 
@@ -108,8 +110,6 @@ def test_time_limit_interrupts_a_cell(zygote, tmp_path):
 def test_a_stubborn_loop_is_killed_with_its_children(zygote, tmp_path):
     job_dir = tmp_path / "job"
     job_dir.mkdir()
-    if os.geteuid() == 0:
-        os.chown(job_dir, sandbox.NOBODY, sandbox.NOBODY)
     stubborn = ("import time\nwhile True:\n    try:\n        time.sleep(0.05)\n"
                 "    except BaseException:\n        pass")
     spec = {"kind": "execute", "job_dir": str(job_dir), "cwd": str(job_dir), "hidden": [],
@@ -120,3 +120,110 @@ def test_a_stubborn_loop_is_killed_with_its_children(zygote, tmp_path):
             job.recv(time.monotonic() + 3)
     job.kill("time")
     assert job.wait_exit()["code"] == -9
+
+
+CLEAR_RECORDS = """
+import socket, sys
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=1)
+except Exception:
+    pass
+try:
+    raise RuntimeError
+except RuntimeError as exc:
+    frame = exc.__traceback__.tb_frame
+cleared = 0
+while frame is not None:                   # every list in reach that looks like audit records
+    for value in list(frame.f_locals.values()):
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            value.clear()
+            cleared += 1
+    frame = frame.f_back
+print("cleared", cleared)
+"""
+
+
+def test_audit_records_leave_the_job_as_they_happen(zygote, tmp_path):
+    """A record cannot be taken back: clearing lists in the job changes nothing."""
+    _, exit_info = _run(zygote, tmp_path / "job", [CLEAR_RECORDS], hidden=[])
+    assert [r["kind"] for r in exit_info["audit"]] == ["network"], exit_info
+
+
+CLOSE_CHANNEL = """
+import os, stat
+for fd in range(3, 64):
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+    except OSError:
+        pass
+import socket
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=1)
+except Exception:
+    pass
+print("closed")
+"""
+
+REPLACE_CHANNEL = """
+import os, stat
+for fd in range(3, 64):
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and os.fstat(fd).st_mode:
+            os.dup(fd)                       # keep the pipe open, then put /dev/null in its place
+            os.dup2(os.open("/dev/null", os.O_WRONLY), fd)
+    except OSError:
+        pass
+import socket
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=1)
+except Exception:
+    pass
+print("replaced")
+"""
+
+
+def test_tampering_with_the_audit_channel_is_reported(zygote, tmp_path):
+    """Closing the channel, or putting something else in its place, and then doing something
+    the hook reports: the job stops there, and the supervisor says why."""
+    _, closed = _run(zygote, tmp_path / "closed", [CLOSE_CHANNEL], hidden=[])
+    assert closed["code"] == sandbox.TAMPERED, closed
+    assert any(r["kind"] == "tampered" for r in closed["audit"]), closed
+    _, replaced = _run(zygote, tmp_path / "replaced", [REPLACE_CHANNEL], hidden=[])
+    assert replaced["code"] == sandbox.TAMPERED, replaced
+    assert any(r["kind"] == "tampered" for r in replaced["audit"]), replaced
+
+
+def test_each_job_runs_as_a_user_of_its_own(zygote, tmp_path):
+    if zygote.mode != "namespaces":
+        pytest.skip("a user per job is part of the namespaces mode (root)")
+    uids = []
+    for name in ("one", "two"):
+        out, exit_info = _run(zygote, tmp_path / name, ["import os\nprint(os.getuid())"], hidden=[])
+        uids.append(int(out[0]["outputs"][0]["text"]))
+        assert uids[-1] == exit_info["uid"] >= sandbox.JOB_UID_BASE
+    assert uids[0] != uids[1] and sandbox.NOBODY not in uids
+
+
+def test_a_reference_that_cannot_be_switched_off_is_reported(zygote, tmp_path):
+    """The re-check job says, before any learner code runs, which references it could not
+    switch off; the ones it could are stopped from any thread."""
+    from course_lib.grading import a6, references
+    from course_lib.grading.remote import RemoteSession
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    cell = ("import concurrent.futures\nimport course_lib\n"
+            "def go(x):\n"
+            "    with concurrent.futures.ThreadPoolExecutor(1) as pool:\n"
+            "        return pool.submit(course_lib.diffusion.schedule.to_model_range, x).result()\n")
+    spec = {"job_dir": str(job_dir), "cwd": str(job_dir), "hidden": [], "cell_timeout": 10,
+            "memory_bytes": 1024 ** 3, "cells": [{"index": 0, "source": cell}],
+            "disable": [references.name_of(f) for f in a6.REFERENCES] + ["course_lib.nowhere:f"]}
+    session = RemoteSession(zygote, spec, call_timeout=10)
+    try:
+        with pytest.raises(Exception, match="course_lib.diffusion.schedule.to_model_range"):
+            session.call(("name", "go"), (1.0,), {})
+    finally:
+        session.close()
+    assert session.still_on == ["course_lib.nowhere:f"]
+    assert any(e["kind"] == "audit:reference" for e in session.events), session.events

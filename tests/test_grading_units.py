@@ -128,8 +128,9 @@ def test_symbolic_links_in_a_submission_are_never_followed(course):
     assert (outcomes["linker"].status, outcomes["linker"].score) == (FAILED, 0)
     assert "symbolic link" in outcomes["linker"].reasons[0]
     assert outcomes["datalinker"].score == 0
-    job_dir = course.grading_dir("a1_gradients") / "sandboxes" / "datalinker"
-    assert (job_dir / "a1_gradients.ipynb").exists() and not (job_dir / "data.txt").exists()
+    for kind in ("run", "recheck"):          # each job got its own fresh copy
+        job_dir = course.grading_dir("a1_gradients") / "sandboxes" / "datalinker" / f"a1_gradients.{kind}"
+        assert (job_dir / "a1_gradients.ipynb").exists() and not (job_dir / "data.txt").exists()
 
 
 def test_course_grade_without_the_instructor_extra_says_how_to_install_it(monkeypatch):

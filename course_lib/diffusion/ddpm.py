@@ -9,7 +9,7 @@ plain functions of tensors. How they are *composed* lives elsewhere:
 - how it is sampled: ``solver`` (one loop, step rules ``AncestralRule`` and ``DDIMRule`` built on
   ``reverse_step`` and ``ddim_step``, and the convenience ``sample``), ``guidance`` (classifier-free
   and classifier guidance as wrappers around the model call) and ``schedulers`` (any `diffusers`
-  scheduler as a step rule). ``ddpm.sample`` is ``solver.sample``, importable from here too.
+  scheduler as a step rule). The sampling loop is ``solver.sample``.
 
 Guidance scale convention (the one `diffusers` uses): ``eps = eps_u + s * (eps_c - eps_u)``;
 s = 1 is the plain conditional model, s = 0 the unconditional one, s > 1 pushes further
@@ -158,12 +158,3 @@ def classifier_guided_eps(eps: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSc
         grad, = torch.autograd.grad(log_prob_fn(x, t).sum(), x)
     a = schedule.at(schedule.alphas_cumprod, t, x_t.dim()).to(x_t)
     return eps - scale * (1 - a).sqrt() * grad
-
-
-def __getattr__(name: str):
-    # ``ddpm.sample`` composes the solver loop, a step rule and the guidance wrappers, so it lives in
-    # ``solver`` (which imports this file); it is still reachable as ``course_lib.diffusion.ddpm.sample``.
-    if name == "sample":
-        from course_lib.diffusion.solver import sample
-        return sample
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

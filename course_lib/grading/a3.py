@@ -187,17 +187,20 @@ def check_multi_head_attention(fn: Callable, *, seed: int = 0,
 
 def check_transformer_block(fn: Callable, *, seed: int = 0,
                             shapes: Sequence[tuple[int, int, int, int, int]] = ((2, 6, 8, 2, 16),),
-                            causal: Sequence[bool] = (False,), dtype: torch.dtype = torch.float32,
-                            trials: int = 3):
-    """``fn(x, params, num_heads, causal)`` must give the pre-LN block's output ``(B, T, D)``;
-    ``shapes`` are ``(B, T, D, H, hidden)``."""
+                            causal: Sequence[bool | None] = (None, False),
+                            dtype: torch.dtype = torch.float32, trials: int = 3):
+    """``fn(x, params, num_heads, causal=False)`` must give the pre-LN block's output
+    ``(B, T, D)``; ``shapes`` are ``(B, T, D, H, hidden)``; ``causal`` cycles per trial, ``None``
+    leaving it out (the default must be ``False``)."""
     calls = iter(range(10**6))
 
     def make_inputs(gen: torch.Generator):
         i = next(calls)
         B, T, D, H, hidden = _cycle(shapes, i)
         x = torch.randn(B, T, D, generator=gen, dtype=dtype)
-        return x, _block_weights(D, hidden, gen, dtype), H, bool(_cycle(causal, i))
+        args = (x, _block_weights(D, hidden, gen, dtype), H)
+        mask = _cycle(causal, i)
+        return args if mask is None else args + (bool(mask),)
 
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     graded_check(fn, _ref_transformer_block, make_inputs, name="transformer_block", trials=trials,

@@ -222,32 +222,38 @@ def _elbo(l, x, mu, lv, beta, nll_reduce="sum", kl_reduce="sum", sign=1.0, beta_
     return {"loss": loss, "nll": nll, "kl": kl}
 
 
+def _beta(args: tuple) -> tuple:
+    """The check's arguments with beta filled in when a trial leaves it at its default."""
+    return args if len(args) == 5 else args + (1.0,)
+
+
 _ELBO_MISTAKES = [
-    (lambda *a: _elbo(*a, batch="sum"),
+    (lambda *a: _elbo(*_beta(a), batch="sum"),
      "loss is the MEAN over the batch of nll + beta * kl (a sum makes the step size depend "
      "on the batch size)"),
-    (lambda *a: _elbo(*a, sign=-1.0),
+    (lambda *a: _elbo(*_beta(a), sign=-1.0),
      "the ELBO is E[log p(x|z)] − KL, so the loss −ELBO = nll + beta * kl: add the KL"),
-    (lambda *a: _elbo(*a, beta_on="nll"),
+    (lambda *a: _elbo(*_beta(a), beta_on="nll"),
      "beta weighs the KL term: loss = mean(nll + beta * kl), not beta * nll + kl"),
-    (lambda l, x, mu, lv, beta: _elbo(l, x, mu, lv, 1.0),
+    (lambda l, x, mu, lv, beta=1.0: _elbo(l, x, mu, lv, 1.0),
      "the KL term must be weighted by beta: loss = mean(nll + beta * kl)"),
-    (lambda *a: _elbo(*a, nll_reduce="mean"),
+    (lambda *a: _elbo(*_beta(a), nll_reduce="mean"),
      "nll must be summed over the pixels of each image, not averaged"),
-    (lambda *a: _elbo(*a, kl_reduce="mean"),
+    (lambda *a: _elbo(*_beta(a), kl_reduce="mean"),
      "kl must be summed over the latent dimensions, not averaged"),
-    (lambda *a: _elbo(*a, per_sample=False),
+    (lambda *a: _elbo(*_beta(a), per_sample=False),
      "'nll' and 'kl' are per image, shape (B,); only 'loss' is averaged over the batch"),
 ]
 
 
 def check_elbo_loss(fn: Callable, *, seed: int = 0,
                     shapes: Sequence[tuple[int, ...]] = ((4, 1, 6, 6),), latent: int = 3,
-                    betas: Sequence[float] = (1.0, 4.0), scale: float = 2.0,
+                    betas: Sequence[float | None] = (None, 4.0), scale: float = 2.0,
                     dtype: torch.dtype = torch.float32, trials: int = 3):
-    """``fn(recon_logits, x, mu, logvar, beta)`` must return
+    """``fn(recon_logits, x, mu, logvar, beta=1.0)`` must return
     ``{"loss": mean(nll + beta * kl), "nll": (B,), "kl": (B,)}`` with a Bernoulli decoder;
-    ``shapes`` are the image batches' shapes, ``latent`` is D, ``betas`` cycle per trial."""
+    ``shapes`` are the image batches' shapes, ``latent`` is D, ``betas`` cycle per trial
+    (``None``: beta left out, so the default must be 1, the plain VAE)."""
     def make_inputs():
         calls = iter(range(10**6))
 
@@ -256,7 +262,8 @@ def check_elbo_loss(fn: Callable, *, seed: int = 0,
             shape = _cycle(shapes, i)
             logits, x = _images(gen, shape, dtype, scale, binary=False)
             mu, logvar = _latents(gen, shape[0], latent, dtype, 1.0)
-            return logits, x, mu, logvar, float(_cycle(betas, i))
+            beta = _cycle(betas, i)
+            return (logits, x, mu, logvar) + (() if beta is None else (float(beta),))
         return draw
 
     tol = _tolerance(dtype)

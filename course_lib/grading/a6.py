@@ -26,6 +26,7 @@ from torch import nn
 
 from course_lib.diffusion import ddpm as _ddpm
 from course_lib.diffusion import schedule as _sched
+from course_lib.diffusion import solver as _solver
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.grading.graded import hinted_check
 
@@ -35,7 +36,7 @@ __all__ = ["check_to_model_range", "check_q_sample", "check_training_loss", "che
 # An A6 answer may call none of the diffusion references (however it reaches them).
 REFERENCES = (_sched.q_sample, _sched.NoiseSchedule.q_sample, _sched.to_model_range,
               _sched.to_image_range, _ddpm.ddpm_loss, _ddpm.predict_x0, _ddpm.reverse_step,
-              _ddpm.ddim_step, _ddpm.sample)
+              _ddpm.ddim_step, _solver.sample)
 
 Schedules = Sequence[tuple[str, int]]
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from course_lib.diffusion import ddpm as _ddpm
 from course_lib.diffusion import schedule as _sched
+from course_lib.diffusion import solver as _solver
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.grading.a6 import _cycle, _tolerance  # the same test-input cycling and tolerances as A6
 from course_lib.grading.graded import hinted_check
@@ -37,7 +38,7 @@ __all__ = ["check_predict_x0", "check_ddim_step", "check_cfg_combine", "check_gu
 # An A7 answer may call none of the diffusion references (however it reaches them).
 REFERENCES = (_sched.q_sample, _sched.NoiseSchedule.q_sample, _ddpm.ddpm_loss, _ddpm.predict_x0,
               _ddpm.reverse_step, _ddpm.ddim_step, _ddpm.guided_eps, _ddpm.classifier_guided_eps,
-              _ddpm.sample)
+              _solver.sample)
 
 
 def _full(t: int, x: torch.Tensor) -> torch.Tensor:

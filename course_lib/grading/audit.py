@@ -3,7 +3,8 @@
 Nothing here changes a score by itself: each finding becomes a "needs review" reason next to the
 score, so an instructor looks before the grade goes out. Checked:
 
-- importing the course references (``course_lib.foundations``) or the grader's internals;
+- importing a module of the course references (``course_lib.foundations.autograd``, named
+  from the reference functions themselves) or the grader's internals;
 - monkeypatching: assigning or deleting attributes of imported modules (``torch.allclose = ...``,
   ``torch.Tensor.abs = ...``), ``setattr``/``delattr`` on a module, ``sys.modules``,
   ``__dict__`` / ``vars()`` / ``globals()`` edits;
@@ -20,14 +21,15 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from course_lib.grading.kernel import REFERENCE_PREFIXES
+from course_lib.grading import references
 
 __all__ = ["Finding", "inspect_cells", "helper_names"]
 
 RISKY_MODULES = {"ctypes", "gc", "inspect", "importlib", "builtins", "threading", "_thread",
                  "multiprocessing", "subprocess", "socket", "signal", "atexit", "marshal",
                  "pty", "resource", "faulthandler", "sysconfig", "site"}
-REFERENCE_PACKAGES = REFERENCE_PREFIXES    # the packages whose functions a graded answer may not call
+# the modules of the references (named from the function objects the checks compare against)
+REFERENCE_PACKAGES = references.module_names()
 GRADER_PACKAGES = ("course_lib.grading", "course_lib.checks")
 KNOWN_MODULE_NAMES = {"torch", "np", "numpy", "math", "builtins", "sys", "os", "course_lib",
                       "F", "nn", "random", "warnings"}

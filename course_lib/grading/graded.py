@@ -5,9 +5,14 @@
 ``raise_on_fail=True`` (nbgrader scores a raised error as 0), exact dtypes, and the references of
 the assignment forbidden inside the learner's function. :func:`hinted_check` adds a hint
 when a wrong answer reproduces a known classic mistake.
+
+When the grader re-checks a submission in its own process, it sets :data:`SEED_OFFSET`: every
+check then draws its inputs from other seeds than the notebook run did, so nothing the notebook
+run saw or stored can answer the re-check.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Callable, Iterable, Sequence
 
 from course_lib.checks import CheckFailure, call_answer, check, compare_outputs, trial_inputs
@@ -19,6 +24,9 @@ Mistake = tuple[Callable, str]       # (a wrong version of the function, what to
 
 guard.take()      # the pristine state: taken when the locked set-up cell imports the grader
 
+# added to every check's seed; set by the grader (per thread) while it re-checks, 0 elsewhere
+SEED_OFFSET: ContextVar[int] = ContextVar("SEED_OFFSET", default=0)
+
 
 def graded_check(fn: Callable, reference: Callable, make_inputs: Callable, *, name: str,
                  trials: int, seed: int, forbid: Iterable[Callable], atol: float = 1e-6,
@@ -27,6 +35,12 @@ def graded_check(fn: Callable, reference: Callable, make_inputs: Callable, *, na
 
     Returns ``None`` on purpose: nbgrader reads a number left as a test cell's result as partial
     credit, so a graded check shows its verdict by printing only."""
+    _check(fn, reference, make_inputs, name=name, trials=trials, seed=seed + SEED_OFFSET.get(),
+           forbid=forbid, atol=atol, rtol=rtol, exact_dtype=exact_dtype)
+
+
+def _check(fn, reference, make_inputs, *, name, trials, seed, forbid, atol, rtol,
+           exact_dtype=True) -> None:
     replaced = guard.restore()
     if replaced:
         print(f"⚠️ the grader put back {', '.join(replaced)}, which this notebook had replaced; "
@@ -79,9 +93,10 @@ def hinted_check(fn: Callable, reference: Callable, make_inputs: Callable[[], Ca
     the answer reproduces one of them; ``error_hints`` are (words in the error, hint) for answers
     that raise; ``random_hint`` is said when the answer gives two different results for the same
     inputs (it drew its own noise). The hint is printed and added to the failure's message."""
+    seed += SEED_OFFSET.get()
     try:
-        graded_check(fn, reference, make_inputs(), name=name, trials=trials, seed=seed,
-                     forbid=forbid, atol=atol, rtol=rtol)
+        _check(fn, reference, make_inputs(), name=name, trials=trials, seed=seed,
+               forbid=forbid, atol=atol, rtol=rtol)
     except CheckFailure as failure:
         if "not attempted" in str(failure) or "earns nothing" in str(failure):
             raise

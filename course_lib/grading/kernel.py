@@ -10,11 +10,15 @@ over one socket (:mod:`course_lib.grading.protocol`). Two kinds of job:
     displays, results, errors) in nbformat shape. These become the autograded notebook and the
     feedback. A cell that runs past its time limit gets a ``CellTimeout`` error.
 ``serve``
-    Run the learner's cells *except the test cells*, then answer calls: the grader, in its own
+    Switch off the assignment's course references (:func:`course_lib.grading.references.disable`),
+    run the learner's cells *except the test cells*, then answer calls: the grader, in its own
     process, runs the test cells with the learner's functions replaced by proxies, so every
     comparison happens where no learner code ever ran (see :mod:`course_lib.grading.remote`).
-    Calls run under a monitor that notices when the learner's function reaches a course
-    reference, whatever name it was given.
+    A learner's function that reaches a reference, from any thread and under any name, hits a
+    tripwire that raises and is reported.
+
+What the job tries (files, network, processes, references) is reported by the sandbox's audit
+hook as it happens, on a channel of its own (:mod:`course_lib.grading.sandbox`), not here.
 
 Everything a job sends is untrusted: the grader reads JSON frames and ``torch.load`` blobs with
 ``weights_only=True`` only.
@@ -27,43 +31,20 @@ import pickle
 import signal
 import sys
 import time
-from types import ModuleType
 
+from course_lib.checks import ReferenceCalled
 from course_lib.grading import protocol
 
-__all__ = ["CellTimeout", "run_job", "capture_reference_codes"]
+__all__ = ["CellTimeout", "run_job"]
 
 MAX_CELL_CHARS = 200_000
 # captured while the zygote loads, before any learner code can replace them
-_setprofile, _getprofile, _setitimer = sys.setprofile, sys.getprofile, signal.setitimer
-_REFERENCE_CODES: dict[str, object] = {}
+_setitimer = signal.setitimer
 
 
 class CellTimeout(KeyboardInterrupt):
     """A cell (or a call) ran past its time limit. A ``KeyboardInterrupt`` so that
     ``except Exception`` in learner code does not swallow it."""
-
-
-# The packages of the references that graded answers may not call (A1-A2: foundations and
-# numpy_mlp, A3: nn.attention, A4: vae, A5: gan, A6-A7: diffusion).
-REFERENCE_PREFIXES = ("course_lib.foundations", "course_lib.nn", "course_lib.models.vae", "course_lib.models.gan",
-                      "course_lib.diffusion")
-
-
-def capture_reference_codes(prefix: str | tuple[str, ...] = REFERENCE_PREFIXES) -> None:
-    """Remember the code object of every reference function, by dotted name (the methods of a
-    reference class too, e.g. ``course_lib.nn.attention.MultiHeadAttention.forward``)."""
-    for name, module in list(sys.modules.items()):
-        if not (name.startswith(prefix) and isinstance(module, ModuleType)):
-            continue
-        for attr, obj in vars(module).items():
-            if getattr(obj, "__module__", None) != name:
-                continue
-            members = [obj] + (list(vars(obj).values()) if isinstance(obj, type) else [])
-            for member in members:
-                code = getattr(getattr(member, "__wrapped__", member), "__code__", None)
-                if code is not None and hasattr(member, "__qualname__"):
-                    _REFERENCE_CODES[f"{name}.{member.__qualname__}"] = code
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -204,8 +185,7 @@ def _timed_cell(shell, source: str, timeout: float) -> None:
 
 
 # ----------------------------------------------------------------------------- execute
-def _execute(conn, spec: dict, shell, sink: OutputSink, audit: list) -> None:
-    sent = 0
+def _execute(conn, spec: dict, shell, sink: OutputSink) -> None:
     for cell in spec["cells"]:
         protocol.send_json(conn, {"type": "cell_start", "index": cell["index"]})
         sink.start()
@@ -213,10 +193,8 @@ def _execute(conn, spec: dict, shell, sink: OutputSink, audit: list) -> None:
         _timed_cell(shell, cell["source"], cell.get("timeout", spec["cell_timeout"]))
         protocol.send_json(conn, {"type": "cell", "index": cell["index"],
                                   "outputs": sink.take(), "execution_count": shell.execution_count - 1,
-                                  "seconds": round(time.monotonic() - started, 3),
-                                  "audit": audit[sent:]})
-        sent = len(audit)
-    protocol.send_json(conn, {"type": "done", "audit": audit[sent:]})
+                                  "seconds": round(time.monotonic() - started, 3)})
+    protocol.send_json(conn, {"type": "done"})
 
 
 # ----------------------------------------------------------------------------- serve
@@ -239,24 +217,6 @@ def _plain(value):
     if isinstance(value, (torch.dtype, torch.device, torch.Size)):
         return value
     raise TypeError(type(value).__name__)
-
-
-def _watched_call(fn, args: tuple, kwargs: dict, forbid: list[str]):
-    """``fn(*args, **kwargs)``; names the first forbidden reference that ran, if any."""
-    codes = {_REFERENCE_CODES[n]: n for n in forbid if n in _REFERENCE_CODES}
-    hits: list[str] = []
-
-    def watch(frame, event, arg):
-        if event == "call" and frame.f_code in codes:
-            hits.append(codes[frame.f_code])
-
-    _setprofile(watch)
-    try:
-        result = fn(*args, **kwargs)
-    finally:
-        switched_off = _getprofile() is not watch
-        _setprofile(None)
-    return result, (hits[0] if hits else ("<profiler switched off>" if switched_off else None))
 
 
 class _Unpickler(pickle.Unpickler):
@@ -289,11 +249,11 @@ def _answer(conn, request: dict, shell, objects: dict) -> None:
         return
     _setitimer(signal.ITIMER_REAL, max(float(request.get("timeout", 30)), 0.01))
     try:
-        if request.get("get"):
-            value, reference = fn, None
-        else:
-            value, reference = _watched_call(fn, request["args"], request.get("kwargs", {}),
-                                             request.get("forbid", []))
+        value = fn if request.get("get") else fn(*request["args"], **request.get("kwargs", {}))
+    except ReferenceCalled as exc:    # a switched-off reference ran (the tripwire's message)
+        _setitimer(signal.ITIMER_REAL, 0)
+        protocol.send_json(conn, {"type": "reference", "name": str(exc)[:300]})
+        return
     except BaseException as exc:      # the learner's error (or a CellTimeout) goes back as text
         _setitimer(signal.ITIMER_REAL, 0)
         protocol.send_json(conn, {"type": "raised", "ename": type(exc).__name__,
@@ -301,9 +261,6 @@ def _answer(conn, request: dict, shell, objects: dict) -> None:
                                   "not_implemented": isinstance(exc, NotImplementedError)})
         return
     _setitimer(signal.ITIMER_REAL, 0)
-    if reference:
-        protocol.send_json(conn, {"type": "reference", "name": reference})
-        return
     try:
         buf = io.BytesIO()
         torch.save(_plain(value), buf)
@@ -319,17 +276,19 @@ def _answer(conn, request: dict, shell, objects: dict) -> None:
                                   "type_name": type(value).__name__})
 
 
-def _serve(conn, spec: dict, shell, sink: OutputSink, audit: list) -> None:
-    from course_lib.grading import guard
+def _serve(conn, spec: dict, shell, sink: OutputSink) -> None:
+    from course_lib.grading import guard, references
+    # before any learner code runs, and said before it runs (so it cannot be edited)
+    protocol.send_json(conn, {"type": "switched_off",
+                              "failed": references.disable(spec.get("disable", []))})
     errors = []
     for cell in spec["cells"]:
         sink.start()
         _timed_cell(shell, cell["source"], cell.get("timeout", spec["cell_timeout"]))
         errors += [{"index": cell["index"], "ename": o["ename"], "evalue": o["evalue"]}
                    for o in sink.take() if o["output_type"] == "error"]
-    protocol.send_json(conn, {"type": "ready", "errors": errors, "audit": list(audit),
+    protocol.send_json(conn, {"type": "ready", "errors": errors,
                               "monkeypatched": guard.changed()})
-    sent = len(audit)
     objects: dict[int, object] = {}
     while True:
         try:
@@ -341,13 +300,10 @@ def _serve(conn, spec: dict, shell, sink: OutputSink, audit: list) -> None:
             return
         sink.start()
         _answer(conn, request, shell, objects)
-        if len(audit) > sent:
-            protocol.send_json(conn, {"type": "audit", "audit": audit[sent:]})
-            sent = len(audit)
 
 
 # ----------------------------------------------------------------------------- entry
-def run_job(conn, spec: dict, audit: list) -> None:
+def run_job(conn, spec: dict) -> None:
     """Run one job (after the sandbox is in place) and report over ``conn``."""
     sink = OutputSink()
     sys.stdout, sys.stderr = SinkStream(sink, "stdout"), SinkStream(sink, "stderr")
@@ -355,6 +311,6 @@ def run_job(conn, spec: dict, audit: list) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     shell = make_shell(sink)
     if spec["kind"] == "execute":
-        _execute(conn, spec, shell, sink, audit)
+        _execute(conn, spec, shell, sink)
     else:
-        _serve(conn, spec, shell, sink, audit)
+        _serve(conn, spec, shell, sink)

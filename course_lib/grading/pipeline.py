@@ -10,8 +10,12 @@ For each student (``Grader.grade_student``), in a thread of a small pool:
 5. **execute** all cells in a sandboxed job forked from the zygote: outputs for the autograded
    notebook and feedback; per-cell and total time limits, memory limit;
 6. **re-check** every test cell in this process against a second sandboxed job that holds only
-   the learner's definitions (:mod:`course_lib.grading.remote`); a test that passed in the
-   notebook but fails here scores 0 and is flagged;
+   the learner's definitions (:mod:`course_lib.grading.remote`). Nothing the notebook run did
+   can reach it: it starts from a fresh copy of the submitted files, the checks draw their
+   inputs from seeds the notebook run never used (:data:`course_lib.grading.graded.SEED_OFFSET`,
+   random per run), and the assignment's references are switched off in that job. A test
+   scores only if it passes both in the notebook and here; a test that passed in the notebook
+   but fails here scores 0 and is flagged;
 7. **save**: scores into nbgrader's gradebook (one transaction), the autograded notebook, then
    the student's state file (written atomically) and a line in the run log.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import secrets
 import json
 import logging
 import os
@@ -40,7 +45,7 @@ import nbformat
 from nbformat.notebooknode import NotebookNode
 from sqlalchemy.exc import SAWarning
 
-from course_lib.grading import audit, remote, sandbox
+from course_lib.grading import audit, graded, references, remote, sandbox
 from course_lib.grading.course import AssignmentInfo, Course, CourseError, NotebookInfo
 from course_lib.grading.nbgrader_plugins import StderrAsStdout
 from course_lib.grading.zygote import JobFailed, Zygote
@@ -269,6 +274,7 @@ class Grader:
         self.run_dir: Path | None = None
         self.isolation, self.isolation_note = "", ""
         self.hidden = course.hidden_paths()
+        self.seed_offset = 1 + secrets.randbelow(2 ** 30)      # the re-check's other seeds
 
     # -- the run
     def run(self, students: list[str]) -> list[Outcome]:
@@ -332,7 +338,6 @@ class Grader:
         return outcome
 
     def _grade(self, student: str, submitted: Path, outcome: Outcome) -> None:
-        job_dir = self._prepare_job_dir(student, submitted)
         timestamp = None
         try:
             timestamp = self.course.coursedir.get_existing_timestamp(str(submitted))
@@ -345,16 +350,16 @@ class Grader:
             else:
                 gb.update_or_create_submission(self.assignment, student)
         for info in self.info.notebooks:
-            self._grade_notebook(student, info, submitted, job_dir, outcome)
+            self._grade_notebook(student, info, submitted, outcome)
         with self.db_lock, self.course.gradebook() as gb:
             submission = gb.find_submission(self.assignment, student)
             outcome.score = round(float(submission.score) - float(submission.late_submission_penalty or 0), 4)
             outcome.max_score = float(submission.max_score)
         if not self.settings.keep_sandboxes:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            shutil.rmtree(self.dir / "sandboxes" / student, ignore_errors=True)
 
     # -- one notebook
-    def _grade_notebook(self, student: str, info: NotebookInfo, submitted: Path, job_dir: Path,
+    def _grade_notebook(self, student: str, info: NotebookInfo, submitted: Path,
                         outcome: Outcome) -> None:
         path = self._find_notebook(info, submitted, outcome)
         if path is None:
@@ -366,8 +371,13 @@ class Grader:
             return self._save_failed(student, info, outcome)
         nb = self._sanitize(nb, student, info, outcome)
         self._audit(nb, info, outcome)
-        not_run = self._execute(nb, job_dir, outcome)
-        verdicts = self._recheck(nb, info, job_dir, outcome)
+        ns = remote.trusted_namespace(info.setup_sources)
+        refs = references.of_namespace(ns)
+        # each job gets its own fresh copy of the submission: nothing carries over
+        not_run = self._execute(nb, self._prepare_job_dir(student, submitted, f"{info.name}.run"),
+                                refs, outcome)
+        verdicts = self._recheck(nb, info, ns, refs, self._prepare_job_dir(
+            student, submitted, f"{info.name}.recheck"), outcome)
         self._decide(nb, info, verdicts, not_run, outcome)
         self._save(nb, student, info, outcome)
 
@@ -422,16 +432,20 @@ class Grader:
             outcome.flag(str(finding))
 
     # -- running
-    def _spec(self, kind: str, cells: list[dict], job_dir: Path) -> dict:
+    def _spec(self, kind: str, cells: list[dict], job_dir: Path, refs: tuple) -> dict:
+        """A job's spec. The references' source files are hidden from every job (a copy of
+        them would be the reference under another name); a re-check job switches them off."""
         return {"kind": kind, "cells": cells, "job_dir": str(job_dir), "cwd": str(job_dir),
-                "hidden": self.hidden, "cell_timeout": self.settings.cell_timeout,
+                "hidden": self.hidden + references.source_files(refs),
+                "disable": [references.name_of(fn) for fn in refs] if kind == "serve" else [],
+                "cell_timeout": self.settings.cell_timeout,
                 "memory_bytes": self.settings.memory_bytes}
 
-    def _execute(self, nb, job_dir: Path, outcome: Outcome) -> set[int]:
+    def _execute(self, nb, job_dir: Path, refs: tuple, outcome: Outcome) -> set[int]:
         """Run all code cells in a sandbox; fill in outputs. Returns indices not run."""
         code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
         spec = self._spec("execute", [{"index": i, "source": nb.cells[i].source} for i in code],
-                          job_dir)
+                          job_dir, refs)
         try:
             job = self.zygote.open(spec)
         except (JobFailed, OSError, protocol.FrameError) as exc:
@@ -469,9 +483,7 @@ class Grader:
                     cell.execution_count = msg["execution_count"]
                 done.add(msg["index"])
                 current = None
-                self._runtime_audit(msg.get("audit", []), outcome)
             elif t == "done":
-                self._runtime_audit(msg.get("audit", []), outcome)
                 stop = "done"
             elif t in ("exit", "runner_error", "supervisor_error"):
                 if t != "exit":
@@ -481,6 +493,7 @@ class Grader:
             job.kill(stop)                 # whatever it was doing, it stops now
         exit_info = job.wait_exit()
         job.close()
+        self._runtime_audit(exit_info["audit"], outcome)
         if stop != "done":
             self._stopped(nb, current, stop, exit_info, outcome)
         not_run = set(code) - done
@@ -529,9 +542,17 @@ class Grader:
 
     def _runtime_audit(self, records: list, outcome: Outcome) -> None:
         blocked = "blocked"
+        sources = {os.path.realpath(p) for p in references.source_files()}
         for r in records if isinstance(records, list) else []:
             kind, detail = str(r.get("kind", "")).replace("audit:", ""), str(r.get("detail", ""))[:200]
+            if kind == "read" and detail in sources:
+                kind = "reference source"
             text = {"read": f"tried to read {detail}, outside its folder ({blocked})",
+                    "reference source": f"tried to read {detail}, the source of a course "
+                                        "reference (hidden while grading)",
+                    "reference": f"called the course reference {detail}, which is switched off "
+                                 "while grading: no points for what needed it",
+                    "tampered": f"{detail} (where the sandbox reports what a job does)",
                     "write": f"tried to write {detail}, outside its folder ({blocked})",
                     "network": f"tried to open a network connection to {detail} ({blocked})",
                     "process": f"started a process: {detail}",
@@ -539,20 +560,27 @@ class Grader:
             if text:
                 outcome.flag(text)
 
-    def _recheck(self, nb, info: NotebookInfo, job_dir: Path, outcome: Outcome) -> dict:
-        """Run every test cell here, against the learner's definitions in a fresh sandbox."""
+    def _recheck(self, nb, info: NotebookInfo, ns: dict, refs: tuple, job_dir: Path,
+                 outcome: Outcome) -> dict:
+        """Run every test cell here, on other seeds, against the learner's definitions in a
+        fresh sandbox whose references are switched off."""
         learner = [{"index": i, "source": c.source} for i, c in enumerate(nb.cells)
                    if c.cell_type == "code" and not _is_test(c)]
-        session = remote.RemoteSession(self.zygote, self._spec("serve", learner, job_dir),
+        session = remote.RemoteSession(self.zygote, self._spec("serve", learner, job_dir, refs),
                                        call_timeout=self.settings.cell_timeout)
-        ns = remote.trusted_namespace(info.setup_sources)
         verdicts = {}
+        seeds = graded.SEED_OFFSET.set(self.seed_offset)
         try:
             for gid in info.test_ids:
                 verdicts[gid] = remote.run_test_cell(info.cells[gid].source, ns, session)
         finally:
+            graded.SEED_OFFSET.reset(seeds)
             session.close()
         ready = session.ready or {}
+        if session.still_on:
+            log.error("references not switched off: %s", session.still_on)
+            outcome.flag("the grader could not switch off the course references "
+                         f"{', '.join(session.still_on[:4])}; please report it")
         if ready.get("monkeypatched"):
             names = ", ".join(ready["monkeypatched"][:6])
             outcome.flag(f"monkeypatches {names} (library functions replaced at run time)")
@@ -633,8 +661,10 @@ class Grader:
             gb.db.commit()
 
     # -- files
-    def _prepare_job_dir(self, student: str, submitted: Path) -> Path:
-        job_dir = self.dir / "sandboxes" / student
+    def _prepare_job_dir(self, student: str, submitted: Path, kind: str) -> Path:
+        """A fresh copy of the submitted files (and the assignment's data files) for one job;
+        the supervisor gives it to the job's own user."""
+        job_dir = self.dir / "sandboxes" / student / kind
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True)
         for path in _regular_files(submitted):
@@ -647,9 +677,6 @@ class Grader:
                 dest = job_dir / path.relative_to(source)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(path, dest)
-        if os.geteuid() == 0:
-            for path in [job_dir, *job_dir.rglob("*")]:
-                os.lchown(path, sandbox.NOBODY, sandbox.NOBODY)
         return job_dir
 
     def _state_path(self, student: str) -> Path:

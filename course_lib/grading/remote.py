@@ -13,8 +13,10 @@ tensor, which the grader compares with the reference itself::
     run_test_cell("check_kl_normal(kl_normal)", ns, session)   # -> (passed, message)
 
 Monkeypatching inside the job can only change what the learner's function returns, and that is
-exactly what is being checked. The job also watches each call for the course references (an
-answer that calls one fails), and restarts if a call kills it or runs past its time limit.
+exactly what is being checked. The job switches the assignment's course references off before
+any learner code runs (an answer that calls one fails, from whatever thread), and restarts if
+a call kills it or runs past its time limit. What the job tried (the audit records) comes from
+its supervisor's report when the job ends, never from the job itself.
 """
 from __future__ import annotations
 
@@ -97,9 +99,9 @@ class RemoteFunction(RemoteCallable):
         return self.session.call(("name", self.name), args, kwargs)
 
     def call_forbidding(self, args: tuple, forbid: tuple):
-        """Used by :func:`course_lib.checks.check`: the call fails if a reference runs."""
-        names = [f"{f.__module__}.{f.__qualname__}" for f in forbid]
-        return self.session.call(("name", self.name), args, {}, forbid=names)
+        """Used by :func:`course_lib.checks.check`. The references in ``forbid`` are already
+        switched off inside the job (the session's spec names them), so this is a plain call."""
+        return self.session.call(("name", self.name), args, {})
 
     def __getattr__(self, attr):
         if attr.startswith("__"):
@@ -149,6 +151,7 @@ class RemoteSession:
         self.events: list[dict] = []       # deaths, timeouts, reference calls, audit records
         self.ready: dict | None = None     # the first job's report after running the cells
         self.broken: str | None = None     # why no job can be had
+        self.still_on: list[str] = []      # references the job could not switch off
 
     # -- lifecycle
     def _start(self) -> None:
@@ -165,10 +168,10 @@ class RemoteSession:
         try:
             while True:
                 kind, msg = job.recv(deadline)
+                if kind == "J" and msg.get("type") == "switched_off" and not self.still_on:
+                    self.still_on = [str(n) for n in msg.get("failed", [])][:10]
                 if kind == "J" and msg.get("type") == "ready":
                     break
-                if kind == "J" and msg.get("type") == "exit":
-                    raise protocol.FrameError("exited")
         except TimeoutError:
             job.kill("time")
             self._lost(job, "running the notebook's cells took too long")
@@ -177,12 +180,17 @@ class RemoteSession:
         self.job = job
         if self.ready is None:
             self.ready = msg
-        self.events += [dict(e, kind="audit:" + e["kind"]) for e in msg.get("audit", [])]
+
+    def _finished(self, job: Job, timeout: float = 10.0) -> dict:
+        """The ended job's report; its audit records become events."""
+        exit_info = job.wait_exit(timeout)
+        job.close()
+        self.events += [dict(e, kind="audit:" + str(e.get("kind"))) for e in exit_info["audit"]]
+        return exit_info
 
     def _lost(self, job: Job, why: str) -> None:
         job.kill(why)
-        exit_info = job.wait_exit()
-        job.close()
+        exit_info = self._finished(job)
         self.job = None
         detail = f"{why} (exit code {exit_info.get('code')})" + (
             ", memory limit" if exit_info.get("oom") else "")
@@ -196,17 +204,16 @@ class RemoteSession:
                 protocol.send_pickle(self.job.sock, pickle.dumps({"op": "bye"}))
             except OSError:
                 pass
-            self.job.wait_exit(5)
-            self.job.close()
+            self._finished(self.job, 5)
             self.job = None
 
     # -- calls
-    def call(self, target, args, kwargs, forbid=(), attr=None, get=False):
+    def call(self, target, args, kwargs, attr=None, get=False):
         if self.job is None:
             self._start()
         buf = io.BytesIO()
         _Pickler(buf).dump({"op": "call", "target": target, "args": tuple(args),
-                            "kwargs": dict(kwargs), "forbid": list(forbid), "attr": attr,
+                            "kwargs": dict(kwargs), "attr": attr,
                             "get": get, "timeout": self.call_timeout})
         job = self.job
         try:
@@ -227,11 +234,7 @@ class RemoteSession:
             if kind != "J":
                 raise protocol.FrameError("a value without its header")
             t = msg.get("type")
-            if t == "audit":
-                self.events += [dict(e, kind="audit:" + e["kind"]) for e in msg["audit"]]
-            elif t == "exit":
-                raise protocol.FrameError("exited")
-            elif t == "value":
+            if t == "value":
                 _, blob = job.recv(deadline, allowed=b"B")
                 return _load_value(blob)
             elif t == "handle":

@@ -12,12 +12,13 @@ Two modes, chosen by :func:`detect_isolation`:
       the job's own folder is bind-mounted back at its usual path;
     - **read-only everything else**: every other mount is remounted read-only; ``/tmp``,
       ``/var/tmp`` and ``/dev/shm`` are small private tmpfs that vanish with the job;
-    - **no way back**: the learner's code runs as ``nobody`` with ``no_new_privs``, so it cannot
-      unmount the tmpfs or gain root again; its PID namespace dies with it, taking any process it
-      started along;
-    - **limits**: a memory cgroup (when the kernel offers one) plus ``RLIMIT_DATA`` for a clean
-      ``MemoryError``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``; wall time is enforced by the grader,
-      which kills the job.
+    - **no way back**: the learner's code runs as a user of its own (:func:`job_uid`, one per
+      job, in no group) with ``no_new_privs``, so it cannot unmount the tmpfs or gain root
+      again; its PID namespace dies with it, taking any process it started along;
+    - **limits**: a memory and a pids cgroup per job (when the kernel offers them) plus
+      ``RLIMIT_DATA`` for a clean ``MemoryError``, ``RLIMIT_NPROC`` (per user, so per job: one
+      job's threads cannot use up another's), ``RLIMIT_FSIZE``; wall time is enforced by the
+      grader, which kills the job.
 
 ``audit-hook`` (anything else: macOS, a non-root account, a container without ``CAP_SYS_ADMIN``)
     A ``sys.addaudithook`` hook, installed before any learner code and impossible to remove from
@@ -26,22 +27,27 @@ Two modes, chosen by :func:`detect_isolation`:
     resource limits apply where the OS has them. This is weaker (C extensions bypass audit
     hooks), so the grader prints a warning when it has to use it.
 
-In both modes the audit hook *records* what the job tried (reads of hidden folders, writes
-outside its folder, connections, processes), which becomes the "needs review" reason.
+In both modes the audit hook *reports* what the job tried (reads of hidden folders, writes
+outside its folder, connections, processes, calls of a switched-off course reference), which
+becomes the "needs review" reason. Each record leaves the process the moment it happens, as one
+line on a pipe read by the job's supervisor (a separate process that runs no learner code), so
+learner code cannot take back a record it caused; closing or replacing that pipe is noticed.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import resource
 import sys
 from dataclasses import dataclass, field
 
 __all__ = ["Plan", "detect_isolation", "enter_namespaces", "lock_down_runner",
-           "install_audit_hook", "Cgroup", "NOBODY"]
+           "install_audit_hook", "Cgroup", "NOBODY", "job_uid", "give_to"]
 
 NOBODY = 65534
+JOB_UID_BASE = 2_000_000          # job users: JOB_UID_BASE + the supervisor's PID
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -51,6 +57,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 _OPTION_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
                  "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+TAMPERED = 86                     # a job's exit code when its audit channel was tampered with
 
 
 @dataclass
@@ -349,9 +356,22 @@ def _limit(which: int, value: int) -> None:
         pass
 
 
-def lock_down_runner(plan: Plan, mode: str) -> None:
+def job_uid(supervisor_pid: int) -> int:
+    """The user a job's learner code runs as: one per job (PIDs of living supervisors are
+    unique), so per-user limits such as ``RLIMIT_NPROC`` are per job."""
+    return JOB_UID_BASE + supervisor_pid
+
+
+def give_to(folder: str, uid: int) -> None:
+    """Make the job's own folder (a fresh copy made by the grader) belong to its user."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            os.lchown(name, uid, uid)
+
+
+def lock_down_runner(plan: Plan, mode: str, uid: int = NOBODY) -> None:
     """In the process that will run learner code, before any of it runs: a fresh /proc (PID
-    namespace), resource limits, then (as root) drop to ``nobody`` for good."""
+    namespace), resource limits, then (as root) drop to the job's own user ``uid`` for good."""
     if mode == "namespaces":
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # memory on top of what the preloaded libraries already map (torch alone maps ~0.8 GB)
@@ -363,8 +383,8 @@ def lock_down_runner(plan: Plan, mode: str) -> None:
     if os.geteuid() == 0 and (mode == "namespaces" or not any(map(_closed_ancestor, python_trees()))):
         _limit(resource.RLIMIT_NPROC, plan.max_processes)
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(uid)
+        os.setuid(uid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
@@ -372,19 +392,36 @@ def lock_down_runner(plan: Plan, mode: str) -> None:
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
-def install_audit_hook(plan: Plan, block: bool, records: list, limit: int = 50) -> None:
-    """Record (and with ``block=True`` refuse) what a job should not do. Cannot be removed."""
+def install_audit_hook(plan: Plan, block: bool, channel: int, limit: int = 50) -> None:
+    """Report (and with ``block=True`` refuse) what a job should not do. Cannot be removed.
+
+    Each record is written at once, as a JSON line, to the file descriptor ``channel`` (a pipe
+    read by the job's supervisor). If learner code has put something else in its place, the
+    job stops at once (exit code :data:`TAMPERED`)."""
     job = os.path.realpath(plan.job_dir)
     hidden = [os.path.realpath(p) for p in plan.hidden]
     tmps = [os.path.realpath(p) for p in PRIVATE_TMP]
     # Python and the course stay read-only even when they live under /tmp (a clone there)
     protected = [t for t in python_trees() if t not in tmps] + hidden
     realpath, fspath, isinstance_, str_ = os.path.realpath, os.fspath, isinstance, str
-    busy = [False]
+    write, fstat, dumps, exit_now = os.write, os.fstat, json.dumps, os._exit
+    pipe = fstat(channel)
+    pipe_id = (pipe.st_dev, pipe.st_ino)
+    busy, sent = [False], [0]
+
+    def send(kind: str, detail: str) -> None:
+        try:
+            now = fstat(channel)
+            if (now.st_dev, now.st_ino) != pipe_id:
+                raise OSError("replaced")
+            if sent[0] < limit:
+                write(channel, (dumps({"kind": kind, "detail": detail[:300]}) + "\n").encode())
+                sent[0] += 1
+        except OSError:
+            exit_now(TAMPERED)
 
     def note(kind: str, detail: str) -> None:
-        if len(records) < limit:
-            records.append({"kind": kind, "detail": detail})
+        send(kind, detail)
         if block:
             raise PermissionError(f"grading sandbox: {kind} {detail} is not allowed")
 
@@ -442,6 +479,8 @@ def install_audit_hook(plan: Plan, block: bool, records: list, limit: int = 50) 
                 note("process", repr(args[0] if args else event)[:200])
             elif event in ("os.kill", "os.killpg"):
                 note("signal", repr(args)[:100])
+            elif event == "course_grade.reference":        # a switched-off reference ran
+                send("reference", str_(args[0] if args else "?"))
         finally:
             busy[0] = False
 

@@ -29,10 +29,14 @@ def _grade_id(cell) -> str | None:
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
-def solution_answers() -> dict[str, str]:
+def _source(assignment: str) -> Path:
+    return ROOT / "solutions" / assignment / f"{assignment}.ipynb"
+
+
+def solution_answers(assignment: str = ASSIGNMENT) -> dict[str, str]:
     """The answer cells of the source notebook, without the solution markers."""
     answers = {}
-    for cell in nbformat.read(SOURCE, as_version=4).cells:
+    for cell in nbformat.read(_source(assignment), as_version=4).cells:
         if cell.metadata.get("nbgrader", {}).get("solution"):
             lines = [l for l in cell.source.splitlines() if "BEGIN SOLUTION" not in l
                      and "END SOLUTION" not in l]
@@ -40,14 +44,20 @@ def solution_answers() -> dict[str, str]:
     return answers
 
 
-def release() -> nbformat.NotebookNode:
-    return nbformat.read(RELEASE, as_version=4)
+def locked_sources(assignment: str = ASSIGNMENT) -> dict[str, str]:
+    """The locked cells (set-up, visible and hidden tests) of the source notebook."""
+    return {_grade_id(c): c.source for c in nbformat.read(_source(assignment), as_version=4).cells
+            if c.metadata.get("nbgrader", {}).get("locked")}
 
 
-def notebook(answers: dict[str, str] | None = None, edit=None) -> str:
+def release(assignment: str = ASSIGNMENT) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / "assignments" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def notebook(answers: dict[str, str] | None = None, edit=None, assignment: str = ASSIGNMENT) -> str:
     """The release with answer cells replaced (``None``: all correct), then ``edit(nb)``."""
-    nb = release()
-    answers = solution_answers() if answers is None else answers
+    nb = release(assignment)
+    answers = solution_answers(assignment) if answers is None else answers
     for cell in nb.cells:
         if _grade_id(cell) in answers:
             cell.source = answers[_grade_id(cell)]
@@ -144,7 +154,8 @@ for secret in [course / "solutions" / "a1_gradients" / "a1_gradients.ipynb", pat
         stolen.append(secret.read_text()[:200])
     except Exception as exc:
         print("could not read", secret, type(exc).__name__)
-for target in [course / "WRITTEN_BY_A_SUBMISSION.txt", pathlib.Path({str(outside)!r}), pathlib.Path.cwd().parent / "NEXT_DOOR.txt"]:
+for target in [course / "WRITTEN_BY_A_SUBMISSION.txt", pathlib.Path({str(outside)!r}),
+               pathlib.Path.cwd().parent / "NEXT_DOOR.txt"]:
     try:
         target.write_text("hello from a submission")
     except Exception as exc:
@@ -191,15 +202,38 @@ def crafted_submissions(outside: Path, gradebook: Path) -> dict[str, tuple[str, 
         "snoops": (notebook(edit=_snoop_cell(outside, gradebook)),
                    Expect(FULL, "needs review", "tried to read")),
         "warnings": (notebook(_warn_everywhere(answers)), Expect(FULL, "graded")),
+        **issue_12_attacks(answers),
     }
 
 
-def write_submissions(folder: Path, subs: dict[str, tuple[str, Expect]]) -> None:
-    """``folder/<student>/a1_gradients/a1_gradients.ipynb`` for each submission."""
+def issue_12_attacks(answers: dict[str, str]) -> dict[str, tuple[str, Expect]]:
+    """The attacks of issue 12 (and two more) on A1; see tests/grading/attacks.py."""
+    from grading import attacks
+    target, locked = attacks.a1_target(), locked_sources()
+    table = attacks.record_visible_answers(target, answers, locked["setup"], locked)
+    return {
+        "thread_reference": (notebook(attacks.reference_in_a_thread(target)),
+                             Expect(0, "needs review", "calls the course reference")),
+        "carried_answers": (notebook(attacks.answers_carried_over(target)),
+                            Expect(0, "needs review", "fails when re-checked")),
+        "blinds_grader": (notebook(attacks.blinds_the_grader(target)),
+                          Expect(0, "needs review", "calls the course reference")),
+        "erases_audit": (notebook(attacks.erases_the_audit_trail(target, answers)),
+                         Expect(FULL, "needs review", "started a process")),
+        "reference_copied": (notebook(attacks.reference_copied_from_source(target)),
+                             Expect(0, "needs review", "source of a course reference")),
+        "memorised": (notebook(attacks.memorised_visible_answers(target, table)),
+                      Expect(0, "needs review", "fails when re-checked")),
+    }
+
+
+def write_submissions(folder: Path, subs: dict[str, tuple[str, Expect]],
+                      assignment: str = ASSIGNMENT) -> None:
+    """``folder/<student>/<assignment>/<assignment>.ipynb`` for each submission."""
     for student, (text, _) in subs.items():
-        dest = folder / student / ASSIGNMENT
+        dest = folder / student / assignment
         dest.mkdir(parents=True, exist_ok=True)
-        (dest / f"{ASSIGNMENT}.ipynb").write_text(text)
+        (dest / f"{assignment}.ipynb").write_text(text)
 
 
 def hidden_test_lines() -> list[str]:
