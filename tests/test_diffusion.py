@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from course_lib.diffusion.ddpm import (classifier_guided_eps, ddim_step, ddim_timesteps, ddpm_loss, guided_eps,
-                                       predict_x0, reverse_step, sample)
+                                       predict_x0, reverse_step)
+from course_lib.diffusion.solver import sample
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.objectives import EpsFromV, eps_from_v, v_target
 from course_lib.diffusion.path import DiffusionPath

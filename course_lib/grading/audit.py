@@ -31,6 +31,13 @@ RISKY_MODULES = {"ctypes", "gc", "inspect", "importlib", "builtins", "threading"
 # the modules of the references (named from the function objects the checks compare against)
 REFERENCE_PACKAGES = references.module_names()
 GRADER_PACKAGES = ("course_lib.grading", "course_lib.checks")
+
+
+def _is_reference(module: str) -> bool:
+    """A reference module, a name inside one, or a package that holds one (``course_lib.foundations``
+    re-exports its references); ``course_lib`` itself is every notebook's import."""
+    return module != "course_lib" and any(module == r or module.startswith(r + ".") or r.startswith(module + ".")
+                                          for r in REFERENCE_PACKAGES)
 KNOWN_MODULE_NAMES = {"torch", "np", "numpy", "math", "builtins", "sys", "os", "course_lib",
                       "F", "nn", "random", "warnings"}
 RISKY_CALLS = {"exec", "eval", "compile", "__import__", "get_ipython", "globals", "breakpoint"}
@@ -105,7 +112,7 @@ class _Visitor(ast.NodeVisitor):
 
     # -- imports
     def _imported(self, module: str, bound: str) -> None:
-        if module.startswith(REFERENCE_PACKAGES):
+        if _is_reference(module):
             self.flag("reference", f"imports the course reference {module}")
         elif module.startswith(GRADER_PACKAGES):
             self.flag("grader", f"imports the grader's {module}")
