@@ -2,6 +2,7 @@
 
     python scripts/train_judges.py                   # both judges
     python scripts/train_judges.py --which digits    # or: shapes
+    python scripts/train_judges.py --which shapes_calibrated   # or shapes_second (not in "all")
 
 For each judge it writes ``judge_<name>.safetensors`` (float16 weights + config) and
 ``judge_<name>.json`` (held-out accuracies, the training config, the date, the wall time).
@@ -14,6 +15,15 @@ Accuracies are measured after re-reading the saved file, so they describe what s
 
 Generated images are blurrier and noisier than real ones, so both judges train on lightly
 degraded copies too (noise, blur, contrast), which keeps their features meaningful there.
+
+- shapes_calibrated: render_shapes(seed=11), 30 % redrawn as variants a person still names,
+  plus 6000 off-grammar images (morphs, four-pointed stars, lumps, crescents, shapes pointing
+  down, two blobs, specks, empty and noise images) whose shape target is a 6th class,
+  "unreadable"; all heavily degraded (blur, noise, textured backgrounds, colour casts, elastic
+  wobble). Its ``min_confidence`` is chosen on the EVEN ids of the eye-read set only (the odd
+  ids are held out; no eye-read image is trained on). See docs/judges.md.
+- shapes_second: the same recipe, another architecture (narrower, two convs per stage) and
+  other seeds: a second opinion for catching a generator that learned to fool the first.
 """
 from __future__ import annotations
 
@@ -221,19 +231,23 @@ def train_shapes(out: Path, cfg: dict = SHAPES) -> dict:
 # unreadable (see tests/data/eye_read/README.md): shape morphs, lumps, crescents, shapes pointing
 # down, two blobs, specks, empty and pure-noise images. Decisions were made looking only at the
 # even ids of the eye-read set, which is never trained on (docs/judges.md).
-CALIBRATED = dict(seed=0, train_seed=11, test_seed=2, n_train=12000, n_unreadable=6000,
+CALIBRATED = dict(seed=0, train_seed=11, test_seed=2, n_train=9000, n_unreadable=4500,
                   n_test=3000, image_size=32, widths=[16, 32, 64, 64], feature_dim=128, depth=1,
-                  epochs=10, batch_size=64, lr=3e-3, weight_decay=1e-4,
+                  epochs=10, batch_size=128, lr=4e-3, weight_decay=1e-4, threads=1,
                   unreadable="class",            # "class": a 6th shape class; "uniform": 1/5 each
                   readable_variants=0.3,         # share of readable renders drawn as variants a
                                                  # person still names (rounded, concave, near-pure)
-                  morph_range=(0.3, 0.7),        # blend weight of the second shape in a morph
+                  morph_range=(0.35, 0.65),        # blend weight of the second shape in a morph
+                  star_range=(0.25, 0.55),         # a star's blend weight towards the diamond, or
+                  star_width=(0.15, 0.35),         # its arms' half-width at the centre (of r):
+                                                   # fatter stars read as diamonds at 3 px
                   max_degrees=6.0, max_shift=0.03, scale=(0.9, 1.1),
-                  p_degrade=0.85, max_blur=1.2, max_noise=0.1, max_elastic=1.0,
+                  p_degrade=0.7, max_blur=1.2, max_noise=0.1, max_elastic=1.0,
                   p_texture=0.6, max_texture=0.5, contrast=(0.6, 1.15), channel_gain=0.15,
                   min_confidence=None,           # None: chosen on the eye-read set's even ids
-                  min_confidence_grid=[0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98])
-SECOND = {**CALIBRATED, "seed": 1, "train_seed": 21, "widths": [24, 48, 96], "depth": 2,
+                  min_confidence_grid=[0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98])
+# narrower (8..64 channels against 16..64) and deeper (two convs per stage), other seeds
+SECOND = {**CALIBRATED, "seed": 1, "train_seed": 21, "widths": [8, 16, 32, 64], "depth": 2,
           "feature_dim": 96}
 UNREADABLE_KINDS = ("morph", "star", "lump", "crescent", "down", "two", "speck", "empty", "noise")
 
@@ -266,8 +280,15 @@ def _readable_variant(kind, x, y, r, g) -> torch.Tensor:
     n = len(kind)
     sdf = _kind_sdf(kind, x, y, r)
     other = (kind + torch.randint(1, 5, (n,), generator=g)) % 5
-    t = _u(n, g, 0.0, 0.15).view(n, 1, 1)
+    other = torch.where((kind == 4) & (other == 3), torch.zeros_like(other), other)  # a diamond
+    other = torch.where((kind == 3) & (other == 4), torch.ones_like(other), other)   # never bends
+    t = _u(n, g, 0.0, 0.15).view(n, 1, 1)                                            # to a star
     sdf = (1 - t) * sdf + t * _kind_sdf(other, x, y, r)
+    ci = (kind == 0).nonzero().squeeze(1)                         # octagon-like, slightly wobbly
+    if len(ci):
+        k = torch.randint(3, 9, (len(ci), 1, 1), generator=g).float()
+        a = _u(len(ci), g, 0.0, 0.06).view(-1, 1, 1)
+        sdf[ci] = torch.hypot(x[ci], y[ci]) - r[ci] * (1 + a * torch.sin(k * torch.atan2(y[ci], x[ci])))
     sq = (kind == 1).nonzero().squeeze(1)                         # rounded corners
     if len(sq):
         rho = (_u(len(sq), g, 0.0, 0.3) * r[sq, 0, 0]).view(-1, 1, 1)
@@ -292,20 +313,25 @@ def _unreadable_sdf(which: int, n: int, x, y, r, g, cfg) -> torch.Tensor:
     if name == "morph":                  # half one shape, half another (e.g. circle/square)
         a = torch.randint(0, 5, (n,), generator=g)
         b = (a + torch.randint(1, 5, (n,), generator=g)) % 5
+        b = torch.where((a + b == 7) & (a * b == 12), torch.zeros_like(b), b)  # cross/diamond: "star"
         t = _u(n, g, *cfg["morph_range"]).view(n, 1, 1)
         return (1 - t) * _kind_sdf(a, x, y, r) + t * _kind_sdf(b, x, y, r)
     if name == "star":                   # four-pointed, concave: between cross and diamond
-        t = _u(n, g, 0.3, 0.7).view(n, 1, 1)
+        t = _u(n, g, *cfg["star_range"]).view(n, 1, 1)             # towards the diamond
         cross, diamond = torch.full((n,), 3), torch.full((n,), 4)
         rot = torch.rand(n, generator=g) < 0.3                        # sometimes turned 45 degrees
         u, v = torch.where(rot.view(n, 1, 1), (x + y) / 2 ** .5, x), torch.where(rot.view(n, 1, 1), (x - y) / 2 ** .5, y)
-        return (1 - t) * _kind_sdf(cross, u, v, r) + t * _kind_sdf(diamond, u, v, r)
+        blend = (1 - t) * _kind_sdf(cross, u, v, r) + t * _kind_sdf(diamond, u, v, r)
+        w = _u(n, g, *cfg["star_width"]).view(n, 1, 1) * r                     # or two thin rhombi crossed:
+        rhombi = torch.minimum((u.abs() * w + v.abs() * r - r * w) / torch.hypot(r, w),   # pointed arms
+                               (u.abs() * r + v.abs() * w - r * w) / torch.hypot(r, w))
+        return torch.where((torch.rand(n, generator=g) < 0.5).view(n, 1, 1), blend, rhombi)
     if name == "lump":                   # a circle with a wobbly radius (lobes, hearts, bow ties)
         theta = torch.atan2(y, x)
         rad = torch.ones_like(x)
-        for _ in range(2):
+        for lo, hi in ((0.15, 0.3), (0.0, 0.12)):
             k = torch.randint(2, 7, (n, 1, 1), generator=g).float()
-            a = _u(n, g, 0.08, 0.25).view(n, 1, 1)
+            a = _u(n, g, lo, hi).view(n, 1, 1)
             rad = rad + a * torch.sin(k * theta + _u(n, g, 0, 2 * math.pi).view(n, 1, 1))
         return torch.hypot(x, y) - r * rad
     if name == "crescent":               # a disc with a bite out of it
@@ -414,7 +440,7 @@ def eye_read_even(judge) -> tuple[dict, list[dict]]:
 
 def choose_min_confidence(judge, cfg: dict, real_images, real_targets) -> tuple[float, dict]:
     """The bar from cfg["min_confidence_grid"] with the best shape agreement on the eye-read
-    set's EVEN ids, among the bars that keep real renders >= 99.5 % right (abstaining = wrong)."""
+    set's EVEN ids, among the bars that keep real renders >= 99 % right (abstaining = wrong)."""
     from course_lib.eval.agreement import shape_agreement
     verdicts, rows = eye_read_even(judge)
     labels, conf = judge.predict(real_images)
@@ -422,13 +448,13 @@ def choose_min_confidence(judge, cfg: dict, real_images, real_targets) -> tuple[
     for bar in cfg["min_confidence_grid"]:
         real = ((labels["shape"] == real_targets["shape"]) & (conf["shape"] >= bar)).float().mean().item()
         table[bar] = {"even_shape": shape_agreement(verdicts, rows, bar), "real_shape": real}
-    ok = [b for b in table if table[b]["real_shape"] >= 0.995] or [min(table)]
+    ok = [b for b in table if table[b]["real_shape"] >= 0.99] or [min(table)]
     best = max(ok, key=lambda b: (round(table[b]["even_shape"], 6), -b))
     return best, table
 
 
 def train_shapes_calibrated(out: Path, cfg: dict = CALIBRATED, name: str = "shapes_calibrated") -> dict:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"])
     images, targets = calibrated_data(cfg["n_train"], cfg["n_unreadable"], cfg["train_seed"], cfg,
                                       cfg["image_size"])
