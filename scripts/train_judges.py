@@ -319,8 +319,8 @@ def _unreadable_sdf(which: int, n: int, x, y, r, g, cfg) -> torch.Tensor:
     if name == "star":                   # four-pointed, concave: between cross and diamond
         t = _u(n, g, *cfg["star_range"]).view(n, 1, 1)             # towards the diamond
         cross, diamond = torch.full((n,), 3), torch.full((n,), 4)
-        rot = torch.rand(n, generator=g) < 0.3                        # sometimes turned 45 degrees
-        u, v = torch.where(rot.view(n, 1, 1), (x + y) / 2 ** .5, x), torch.where(rot.view(n, 1, 1), (x - y) / 2 ** .5, y)
+        rot = (torch.rand(n, generator=g) < 0.3).view(n, 1, 1)          # sometimes turned 45 degrees
+        u, v = torch.where(rot, (x + y) / 2 ** .5, x), torch.where(rot, (x - y) / 2 ** .5, y)
         blend = (1 - t) * _kind_sdf(cross, u, v, r) + t * _kind_sdf(diamond, u, v, r)
         w = _u(n, g, *cfg["star_width"]).view(n, 1, 1) * r                     # or two thin rhombi crossed:
         rhombi = torch.minimum((u.abs() * w + v.abs() * r - r * w) / torch.hypot(r, w),   # pointed arms
