@@ -122,12 +122,14 @@ def test_shapes_eval_takes_the_judges_own_min_confidence(name, real):
 
 
 def test_shape_agreement_counts_abstentions_as_unreadable_only():
-    rows = [{"shape": "circle"}, {"shape": "unreadable"}, {"shape": "square"}, {"shape": "unreadable"}]
+    rows = [{"shape": "circle"}, {"shape": "unreadable"}, {"shape": "square"}, {"shape": "unreadable"},
+            {"shape": "triangle"}]
     verdicts = [{"shape": "circle", "confidence": 0.95}, {"shape": "circle", "confidence": 0.4},
-                {"shape": "square", "confidence": 0.6}, {"shape": "cross", "confidence": 0.99}]
-    assert shape_agreement(verdicts, rows, 0.0) == 0.5     # verdicts everywhere: 1st and 3rd agree
-    assert shape_agreement(verdicts, rows, 0.7) == 0.5     # 2nd abstains (agrees), 3rd abstains (not)
-    assert shape_agreement(verdicts, rows, 1.0) == 0.5     # all abstain: the two unreadables agree
+                {"shape": "square", "confidence": 0.6}, {"shape": "cross", "confidence": 0.99},
+                {"shape": "triangle", "confidence": 0.8}]
+    assert shape_agreement(verdicts, rows, 0.0) == 3 / 5   # verdicts everywhere: 1st, 3rd, 5th agree
+    assert shape_agreement(verdicts, rows, 0.7) == 3 / 5   # 2nd abstains (agrees), 3rd abstains (not)
+    assert shape_agreement(verdicts, rows, 1.0) == 2 / 5   # all abstain: the two unreadables agree
 
 
 def test_the_old_judge_numbers_are_reproduced():
