@@ -233,7 +233,7 @@ def train_shapes(out: Path, cfg: dict = SHAPES) -> dict:
 # even ids of the eye-read set, which is never trained on (docs/judges.md).
 CALIBRATED = dict(seed=0, train_seed=11, test_seed=2, n_train=9000, n_unreadable=4500,
                   n_test=3000, image_size=32, widths=[16, 32, 64, 64], feature_dim=128, depth=1,
-                  epochs=10, batch_size=128, lr=4e-3, weight_decay=1e-4, threads=1,
+                  epochs=20, batch_size=128, lr=4e-3, weight_decay=1e-4, threads=2,
                   unreadable="class",            # "class": a 6th shape class; "uniform": 1/5 each
                   readable_variants=0.3,         # share of readable renders drawn as variants a
                                                  # person still names (rounded, concave, near-pure)
