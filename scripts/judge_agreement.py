@@ -8,6 +8,7 @@ abstention where the person wrote "unreadable" (an abstention anywhere else disa
 on an "unreadable" image disagrees). Colour and position: over the images where the person named
 one. Also ShapesEval's per-image verdict against the person's "the image shows the caption"
 (shape, colour and position as asked; clean background where ShapesEval asks for it).
+The agreement itself is computed by course_lib.eval.agreement (which the tests use too).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from label_shapes import read_labels, read_set  # noqa: E402
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, parse_caption  # noqa: E402
 
 COLOUR_NAMES = tuple(COLOURS)
+from course_lib.eval.agreement import agreement_table, attribute_agreement, judge_verdicts, shape_agreement  # noqa: E402
 from course_lib.eval.judges import load_judge  # noqa: E402
 from course_lib.eval.shapes_eval import shapes_eval_verdicts  # noqa: E402
 
@@ -33,24 +35,23 @@ def agreement(folder: Path, judge: str = "shapes", bars: tuple[float, ...] = (0.
     ids = sorted(labels)
     x = images[ids].float() / 255
     j = load_judge(judge)
-    with torch.no_grad():
-        predicted, confidence = j.predict(x)
+    own = getattr(j, "min_confidence", None)
+    if own is not None and own not in bars:
+        bars = (*bars, own)
     rows = [labels[i] for i in ids]
+    verdicts = judge_verdicts(j, x)
     out = {"n": len(ids)}
     for bar in bars:
-        agree = 0
-        for k, row in enumerate(rows):
-            abstains = confidence["shape"][k].item() < bar
-            said = SHAPE_KINDS[int(predicted["shape"][k])]
-            agree += (row["shape"] == "unreadable") if abstains else (row["shape"] == said)
-        out[f"shape@{bar}"] = agree / len(rows)
-    named = [k for k, r in enumerate(rows) if r["colour"] != "-"]
-    out["colour"] = sum(COLOUR_NAMES[int(predicted["colour"][k])] == rows[k]["colour"] for k in named) / len(named)
-    placed = [k for k, r in enumerate(rows) if r["position"] != "-"]
-    out["position"] = sum(POSITIONS[int(predicted["position"][k])] == rows[k]["position"] for k in placed) / len(placed)
+        out[f"shape@{bar}"] = shape_agreement(verdicts, rows, bar)
+    out["colour"] = attribute_agreement(verdicts, rows, "colour")
+    out["position"] = attribute_agreement(verdicts, rows, "position")
+    table = agreement_table(j, folder=folder)   # at the judge's own bar (decisions: even ids only)
+    for part in ("even", "odd", "all"):
+        for key, value in table[part].items():
+            out[f"{part}_{key}"] = value
 
     captions = [meta[i]["caption"] for i in ids]
-    verdicts = shapes_eval_verdicts(x, captions, judge=judge)
+    verdicts = shapes_eval_verdicts(x, captions, judge=judge)   # at the judge's own min_confidence
     person, person_clean, machine = [], [], []
     for row, cap, v in zip(rows, captions, verdicts):
         asked = parse_caption(cap)
@@ -67,12 +68,49 @@ def agreement(folder: Path, judge: str = "shapes", bars: tuple[float, ...] = (0.
     return out
 
 
+def reliability_tables(judges: list[str], folder: Path) -> str:
+    """Markdown reliability diagrams (shape confidence vs accuracy in bins) of each judge on the
+    eye-read set (a verdict on an "unreadable" image is wrong) and on degraded renders
+    (render_shapes(3000, seed=2), degraded as the calibrated judges' training degrades, seed 7)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_judges import CALIBRATED, augment_calibrated
+
+    from course_lib.data import render_shapes
+    from course_lib.eval.agreement import read_eye_read, reliability
+
+    images, rows = read_eye_read(folder)
+    real = render_shapes(3000, seed=2)
+    g = torch.Generator().manual_seed(7)
+    worse = augment_calibrated(real.images, g, {**CALIBRATED, "p_degrade": 1.0})
+    out = []
+    for name in judges:
+        v = judge_verdicts(name, images)
+        eye = reliability(torch.tensor([x["confidence"] for x in v]),
+                          torch.tensor([x["shape"] == r["shape"] for x, r in zip(v, rows)]))
+        labels, conf = load_judge(name).predict(worse)
+        deg = reliability(conf["shape"], labels["shape"] == real.attrs["shape"])
+        out += [f"**{name}** (min_confidence {getattr(load_judge(name), 'min_confidence', None)})", "",
+                "| confidence bin | eye-read n | mean conf. | accuracy | degraded renders n | mean conf. | accuracy |",
+                "|---|---|---|---|---|---|---|"]
+        for a, b in zip(eye, deg):
+            f = lambda z: "-" if z is None else f"{z:.2f}"  # noqa: E731
+            out.append(f"| [{a['bin'][0]:.2f}, {a['bin'][1]:.2f}) | {a['n']} | {f(a['confidence'])} | "
+                       f"{f(a['accuracy'])} | {b['n']} | {f(b['confidence'])} | {f(b['accuracy'])} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, nargs="?", default=Path("tests/data/eye_read"))
     parser.add_argument("--judge", default="shapes")
     parser.add_argument("--min-confidence", type=float, nargs="*", default=[0.0, 0.9, 0.99])
+    parser.add_argument("--reliability", nargs="*", metavar="JUDGE",
+                        help="print markdown reliability tables of these judges instead")
     args = parser.parse_args()
+    if args.reliability:
+        print(reliability_tables(args.reliability, args.folder))
+        return 0
     for key, value in agreement(args.folder, args.judge, tuple(args.min_confidence)).items():
         print(f"{key:30s} {value:.3f}" if isinstance(value, float) else f"{key:30s} {value}")
     return 0

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 __all__ = ["DigitsJudge", "ShapesJudge", "load_judge", "judge_path", "check_images",
            "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file", "extract_features"]
 
-JUDGE_NAMES = ("digits", "shapes")
+JUDGE_NAMES = ("digits", "shapes", "shapes_calibrated", "shapes_second")
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"   # course_lib/checkpoints
 _RANGE_TOLERANCE = 1e-3  # allow float round-off just outside [0, 1]
 
@@ -179,6 +179,13 @@ class ShapesJudge(_Judge):
 
     One head per attribute, e.g. ``heads={"shape": 5, "colour": 6, "size": 2, "position": 9}``
     (the sizes come from the checkpoint, so they always match the data it was trained on).
+
+    A head whose last class name is ``"unreadable"`` (the calibrated judges' shape head, 6 ways)
+    never answers it: :meth:`predict` gives the most likely of the other classes, and its
+    confidence is that class's probability under the full softmax, so probability put on
+    "unreadable" lowers the confidence. ``min_confidence`` (``None`` for the old judge) is the
+    confidence below which a shape verdict should not count (the judge abstains); ShapesEval
+    uses it when it is given no ``min_confidence`` of its own.
     """
 
     in_channels = 3
@@ -186,8 +193,10 @@ class ShapesJudge(_Judge):
 
     def __init__(self, heads: dict[str, int], native_size: int = 32,
                  widths: tuple[int, ...] = (16, 32, 64, 64), feature_dim: int = 128, depth: int = 1,
-                 class_names: dict[str, list[str]] | None = None):
+                 class_names: dict[str, list[str]] | None = None,
+                 min_confidence: float | None = None):
         super().__init__(native_size, widths, feature_dim, depth)
+        self.min_confidence = None if min_confidence is None else float(min_confidence)
         if not heads:
             raise ValueError("ShapesJudge needs at least one head, e.g. {'shape': 5}")
         self.class_names = dict(class_names or {})
@@ -195,8 +204,9 @@ class ShapesJudge(_Judge):
         self.heads = nn.ModuleDict({k: nn.Linear(self.feature_dim, int(n)) for k, n in heads.items()})
 
     def config(self) -> dict:
+        extra = {} if self.min_confidence is None else {"min_confidence": self.min_confidence}
         return {**super().config(), "heads": {k: h.out_features for k, h in self.heads.items()},
-                "class_names": self.class_names}
+                "class_names": self.class_names, **extra}
 
     def logits(self, x: Tensor) -> dict[str, Tensor]:
         """(N, 3, H, W) -> {attribute: (N, K_attribute)} unnormalised scores."""
@@ -210,7 +220,10 @@ class ShapesJudge(_Judge):
         """(N, 3, H, W) -> ({attribute: labels (N,)}, {attribute: confidences (N,)})."""
         labels, confidences = {}, {}
         for k, z in self.logits(x).items():
-            confidences[k], labels[k] = z.softmax(dim=-1).max(dim=-1)
+            p = z.softmax(dim=-1)
+            if self.class_names.get(k, [None])[-1] == "unreadable":   # never the answer itself
+                p = p[:, :-1]
+            confidences[k], labels[k] = p.max(dim=-1)
         return labels, confidences
 
 
@@ -262,7 +275,10 @@ _CACHE: dict[tuple[str, str], nn.Module] = {}
 
 
 def load_judge(name: str, device: str | torch.device | None = None) -> DigitsJudge | ShapesJudge:
-    """The trained judge ``"digits"`` or ``"shapes"``: eval mode, frozen, cached per process.
+    """A trained judge (one of JUDGE_NAMES): eval mode, frozen, cached per process.
+
+    ``"shapes_calibrated"`` and ``"shapes_second"`` were trained to abstain on what a person would
+    call unreadable; read their verdicts at ``judge.min_confidence`` (see docs/judges.md).
 
     ``device=None`` picks CUDA -> MPS -> CPU (see :func:`course_lib.device.get_device`).
     The same object is returned on every call, so do not train or modify it.

@@ -176,6 +176,13 @@ def _judge_two(want: dict, objs: list[dict], clean: bool, why: list[str]) -> dic
             "position": relation_ok, "relation": relation_ok}
 
 
+def _min_confidence(j, min_confidence: float | None) -> float:
+    """The bar given, else the judge's own (``judge.min_confidence``), else 0.5."""
+    if min_confidence is None:
+        min_confidence = getattr(j, "min_confidence", None)
+    return 0.5 if min_confidence is None else min_confidence
+
+
 def _check_inputs(images, captions, min_confidence) -> list[dict]:
     if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
         raise TypeError("shapes_eval: captions must be a list of strings, one per image")
@@ -194,13 +201,15 @@ def _check_inputs(images, captions, min_confidence) -> list[dict]:
     return wanted
 
 
-def shapes_eval_verdicts(images: Tensor, captions: list[str], judge="shapes", min_confidence: float = 0.5,
+def shapes_eval_verdicts(images: Tensor, captions: list[str], judge="shapes", min_confidence: float | None = None,
                          min_area: int | None = None, batch_size: int = 256) -> list[dict]:
     """One verdict per image: a dict with ``caption``, ``objects`` (each: colour, cell, area,
     centre, and the judge's ``shape``, ``confidence``, ``judge_colour``), ``clean``, a bool per
-    category that applies (the others are absent), ``passed`` (all of them) and ``why`` (strings)."""
-    wanted = _check_inputs(images, captions, min_confidence)
+    category that applies (the others are absent), ``passed`` (all of them) and ``why`` (strings).
+    ``min_confidence=None``: the judge's own ``min_confidence`` (the calibrated judges), else 0.5."""
+    wanted = _check_inputs(images, captions, 0.5 if min_confidence is None else min_confidence)
     j = _get_judge(judge)
+    min_confidence = _min_confidence(j, min_confidence)
     if not hasattr(j, "heads") or "shape" not in j.heads:
         raise TypeError("shapes_eval needs a judge with a 'shape' head, such as 'shapes'")
     images = images.detach().float().cpu()
@@ -226,7 +235,7 @@ def shapes_eval_verdicts(images: Tensor, captions: list[str], judge="shapes", mi
     return verdicts
 
 
-def shapes_eval(images: Tensor, captions: list[str], judge="shapes", min_confidence: float = 0.5,
+def shapes_eval(images: Tensor, captions: list[str], judge="shapes", min_confidence: float | None = None,
                 min_area: int | None = None, batch_size: int = 256) -> dict:
     """ShapesEval of images (N, 3, H, W) in [0, 1] against their N captions.
 
