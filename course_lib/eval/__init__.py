@@ -3,7 +3,8 @@
 =================  ==========================================================================
 file               what is inside
 =================  ==========================================================================
-``judges``         the digits and shapes judges (small classifiers shipped as safetensors),
+``judges``         the digits and shapes judges (small classifiers shipped as safetensors;
+                   ``shapes_calibrated`` and ``shapes_second`` can abstain, docs/judges.md),
                    and ``extract_features``: images -> judge features
 ``distances``      FID, KID, the real-vs-real baseline, FID against the sample size
 ``accuracy``       did it draw what was asked: ``attribute_accuracy``, ``class_report``, and
@@ -11,6 +12,7 @@ file               what is inside
 ``coverage``       precision / recall and density / coverage
 ``shapes_eval``    ShapesEval, the course's GenEval: objects found by colour, judged one by one
 ``masks``          object masks and edges read back from generated images, mask IoU
+``agreement``      how often a judge agrees with the eye-read set (tests/data/eye_read)
 ``sweeps``         the sampler comparison harness (``compare_samplers``), guidance sweeps
 ``speed``          training speed of the course U-Net against `diffusers`' UNet2DModel
 =================  ==========================================================================
