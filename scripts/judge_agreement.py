@@ -19,26 +19,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_shapes import read_labels, read_set  # noqa: E402
+from label_shapes import read_set  # noqa: E402
 
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, parse_caption  # noqa: E402
 
 COLOUR_NAMES = tuple(COLOURS)
-from course_lib.eval.agreement import agreement_table, attribute_agreement, judge_verdicts, shape_agreement  # noqa: E402
+from course_lib.eval.agreement import (agreement_table, attribute_agreement, judge_verdicts,  # noqa: E402
+                                       read_eye_read, shape_agreement)
 from course_lib.eval.judges import load_judge  # noqa: E402
 from course_lib.eval.shapes_eval import shapes_eval_verdicts  # noqa: E402
 
 
 def agreement(folder: Path, judge: str = "shapes", bars: tuple[float, ...] = (0.0, 0.9, 0.99)) -> dict:
-    images, meta = read_set(folder)
-    labels = {int(r["id"]): r for r in read_labels(folder)}
-    ids = sorted(labels)
-    x = images[ids].float() / 255
+    _, meta = read_set(folder)
+    images, rows = read_eye_read(folder)          # the labelled images, in the order of labels.csv
+    ids = [int(r["id"]) for r in rows]
+    x = images.float() / 255
     j = load_judge(judge)
     own = getattr(j, "min_confidence", None)
     if own is not None and own not in bars:
         bars = (*bars, own)
-    rows = [labels[i] for i in ids]
     verdicts = judge_verdicts(j, x)
     out = {"n": len(ids)}
     for bar in bars:
@@ -76,7 +76,7 @@ def reliability_tables(judges: list[str], folder: Path) -> str:
     from train_judges import CALIBRATED, augment_calibrated
 
     from course_lib.data import render_shapes
-    from course_lib.eval.agreement import read_eye_read, reliability
+    from course_lib.eval.agreement import reliability
 
     images, rows = read_eye_read(folder)
     real = render_shapes(3000, seed=2)

@@ -23,7 +23,7 @@ import pytest
 from course_lib.grading import cli
 from grading import attacks
 from grading.crafted import (Expect, locked_sources, notebook, solution_answers,
-                             write_submissions)
+                             verdict_problems, write_submissions)
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "a6_ddpm"
@@ -111,13 +111,7 @@ def _grade(tmp_path: Path, monkeypatch, subs: dict) -> None:
     assert code == 0
     with open(tmp_path / "workspace" / "grades" / f"{ASSIGNMENT}.csv") as fh:
         rows = {row["student_id"]: row for row in csv.DictReader(fh)}
-    wrong = []
-    for student, (_, expect) in subs.items():
-        row = rows[student]
-        got = (float(row["score"]), row["status"])
-        if got != (expect.score, expect.status) or expect.reason.lower() not in row["reason"].lower():
-            wrong.append(f"{student}: got {got} ({row['reason']}), expected "
-                         f"{(expect.score, expect.status)} with '{expect.reason}'")
+    wrong = verdict_problems(rows, subs)
     assert not wrong, "\n".join(wrong)
 
 

@@ -236,6 +236,18 @@ def write_submissions(folder: Path, subs: dict[str, tuple[str, Expect]],
         (dest / f"{assignment}.ipynb").write_text(text)
 
 
+def verdict_problems(rows: dict[str, dict], subs: dict[str, tuple[str, Expect]]) -> list[str]:
+    """Every graded row (from the grades CSV) whose score, status or reason is not the expected one."""
+    wrong = []
+    for student, (_, expect) in subs.items():
+        row = rows[student]
+        got = (float(row["score"]), row["status"])
+        if got != (expect.score, expect.status) or expect.reason.lower() not in row["reason"].lower():
+            wrong.append(f"{student}: got {got} ({row['reason']}), expected "
+                         f"{(expect.score, expect.status)} with '{expect.reason}'")
+    return wrong
+
+
 def hidden_test_lines() -> list[str]:
     """Lines of the source notebook's hidden-test regions (long enough to be distinctive)."""
     found, inside = [], False
