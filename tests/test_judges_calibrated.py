@@ -18,6 +18,7 @@ import torch
 
 from course_lib.data import render_shapes
 from course_lib.data.shapes import COLOURS, HALF_EXTENT, SHAPE_KINDS, _sdf, cell_size
+from course_lib.eval import attribute_accuracy
 from course_lib.eval.agreement import agreement_table, judge_verdicts, read_eye_read, shape_agreement
 from course_lib.eval.judges import CHECKPOINT_DIR, load_judge
 from course_lib.eval.shapes_eval import shapes_eval
@@ -139,3 +140,17 @@ def test_the_old_judge_numbers_are_reproduced():
     verdicts = judge_verdicts("shapes", images)
     assert shape_agreement(verdicts, rows, 0.0) == pytest.approx(119 / 240)    # 49.6 %
     assert shape_agreement(verdicts, rows, 0.9) == pytest.approx(138 / 240)    # 57.5 %
+
+
+def test_attribute_accuracy_counts_a_shape_only_at_the_judges_bar(name):
+    # on generated images the calibrated judges abstain often: an abstained shape is not right
+    images, rows = read_eye_read()
+    x = images.float() / 255
+    judge = load_judge(name, device="cpu")
+    verdicts = judge_verdicts(name, images)
+    want = {"shape": torch.tensor([SHAPE_KINDS.index(v["shape"]) for v in verdicts])}   # the judge's own argmax
+    at_bar = sum(v["confidence"] >= judge.min_confidence for v in verdicts) / len(verdicts)
+    assert at_bar < 0.9                                               # the bar matters on this set
+    assert attribute_accuracy(x, want, keys=("shape",), judge=name)["shape"] == pytest.approx(at_bar)
+    assert attribute_accuracy(x, want, keys=("shape",), judge=name, min_confidence=0.0)["shape"] == 1.0
+    assert attribute_accuracy(x, want, keys=("shape",))["shape"] < 1.0   # the old judge: another argmax, no bar

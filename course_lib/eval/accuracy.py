@@ -49,12 +49,15 @@ def _attrs_as_tensors(attrs, keys: Sequence[str], n: int) -> dict[str, Tensor]:
 
 def attribute_accuracy(images: Tensor, attrs, judge="shapes",
                        keys: Sequence[str] = ("shape", "colour", "position"),
-                       batch_size: int = 256, device=None) -> dict[str, float]:
+                       batch_size: int = 256, device=None, min_confidence: float | None = None) -> dict[str, float]:
     """Does each image show the requested attributes? images (N, 3, H, W) in [0, 1].
 
     ``attrs``: the requested attributes, a dict of (N,) LongTensors as in
     ``render_shapes(...).attrs`` (or a list of N dicts). Returns the accuracy of each key in
     ``keys`` plus ``"all"``: the fraction of images with every listed key right at once.
+    A shape verdict counts only at shape confidence >= ``min_confidence`` (below it the judge
+    abstains and the shape counts as wrong); None means the judge's own bar
+    (``judge.min_confidence`` of a calibrated judge, none for the old ``"shapes"`` judge).
     """
     j = _get_judge(judge, device)
     if not hasattr(j, "heads"):
@@ -71,8 +74,11 @@ def attribute_accuracy(images: Tensor, attrs, judge="shapes",
         if wanted[k].min() < 0 or wanted[k].max() >= k_max:
             raise ValueError(f"attribute_accuracy: attrs[{k!r}] must lie in 0..{k_max - 1}; "
                              f"got values {wanted[k].min().item()}..{wanted[k].max().item()}")
-    predicted, _ = _predict(j, images, batch_size)
+    predicted, confidence = _predict(j, images, batch_size)
     correct = {k: predicted[k] == wanted[k] for k in keys}
+    bar = getattr(j, "min_confidence", None) if min_confidence is None else min_confidence
+    if "shape" in correct and bar:
+        correct["shape"] = correct["shape"] & (confidence["shape"] >= bar)
     result = {k: c.float().mean().item() for k, c in correct.items()}
     result["all"] = torch.stack(list(correct.values())).all(dim=0).float().mean().item()
     return result
