@@ -114,3 +114,21 @@ def test_output_types_and_errors(exported):
         pipe("a shape", num_inference_steps=2, output_type="latent")
     with pytest.raises(TypeError, match="TextToImage"):
         pipeline_from_model(model.unet)
+
+
+def test_v_prediction_model_exports_and_agrees(tmp_path):
+    model = tiny_model()
+    model.prediction = "v"
+    pipe = export_pipeline(model, tmp_path / "v")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    reloaded = CourseTextToImagePipeline.from_pretrained(tmp_path / "v")
+    reloaded.set_progress_bar_config(disable=True)
+    assert model_from_pipeline(reloaded).prediction == "v"
+    ours = model.generate(PROMPTS, guidance_scale=2.0, steps=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(run(reloaded), ours, atol=2e-4, rtol=0)       # diffusers' own v step == ours
+    model.prediction = "eps"
+    assert (run(reloaded) - model.generate(PROMPTS, guidance_scale=2.0, steps=5,
+                                           generator=torch.Generator().manual_seed(0))).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="epsilon"):
+        model.generate(PROMPTS, steps=5, sampler=reloaded.scheduler)

@@ -111,3 +111,31 @@ def test_word_attention_maps():
     assert maps.shape == (7, 32, 32)
     torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(7))
     assert all(a.record_cross is False for a in m.unet.modules() if hasattr(a, "record_cross"))
+
+
+def test_v_prediction_loss_and_sampling():
+    """prediction="v": the loss's target is v = sqrt(a_bar) eps - sqrt(1 - a_bar) z0, and sampling turns
+    the guided v back into eps (one DDIM step checked by hand)."""
+    from course_lib.diffusion.ddpm import ddpm_loss
+    from course_lib.diffusion.objectives import EpsFromV
+    from course_lib.diffusion.solver import DDIMRule, sample
+    m_eps, m_v = tiny_model(), tiny_model()
+    m_v.prediction = "v"
+    z0, caps = torch.randn(2, 4, 8, 8), ["a blue square", "a red circle"]
+    torch.manual_seed(1)
+    loss = m_v.loss(z0, caps)
+    context, mask = m_v.encode_prompt(caps)
+    torch.manual_seed(1)
+    expected = ddpm_loss(m_v.unet, z0, m_v.schedule, cond={"context": context, "context_mask": mask}, prediction="v")
+    torch.manual_seed(1)
+    assert torch.equal(loss, expected) and not torch.equal(m_eps.loss(z0, caps), loss)
+    z = m_v.generate("a blue square", num_images=2, steps=3, guidance_scale=2.0,
+                     generator=torch.Generator().manual_seed(0), return_latents=True)
+    from course_lib.diffusion.guidance import ClassifierFreeGuidance
+    cond, uncond = m_v._conditions("a blue square", None, 2)
+    fn = EpsFromV(ClassifierFreeGuidance(m_v.unet, cond, uncond, 2.0), m_v.schedule)
+    by_hand = sample(fn, (2, 4, 8, 8), DDIMRule(m_v.schedule, 3, clip_x0=False),
+                     generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(z, by_hand)
+    with pytest.raises(ValueError, match="eps"):
+        TextToImage(m_v.tokenizer, m_v.text_encoder, m_v.unet, m_v.autoencoder, m_v.schedule, prediction="x0")

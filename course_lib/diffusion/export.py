@@ -111,9 +111,13 @@ class CourseTextEncoderModel(ModelMixin, ConfigMixin):
         return self.net.encode_tokens(tokens)
 
 
-def ddim_scheduler(schedule: NoiseSchedule) -> DDIMScheduler:
-    """`diffusers`' DDIM set up to equal the course's ``ddim_step`` (our betas, trailing steps, no clipping)."""
-    return diffusers_scheduler("ddim", schedule, clip_sample=False)
+def ddim_scheduler(schedule: NoiseSchedule, prediction: str = "eps") -> DDIMScheduler:
+    """`diffusers`' DDIM set up to equal the course's ``ddim_step`` (our betas, trailing steps, no
+    clipping); ``prediction`` "v" sets its ``prediction_type="v_prediction"``."""
+    return diffusers_scheduler("ddim", schedule, clip_sample=False, prediction_type=_PREDICTION_TYPE[prediction])
+
+
+_PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction"}          # course name -> diffusers name
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -191,7 +195,7 @@ def pipeline_from_model(model: TextToImage, scheduler=None) -> CourseTextToImage
     vae.net.load_state_dict(model.autoencoder.state_dict())
     text_encoder.net.load_state_dict(te.state_dict())
     pipe = CourseTextToImagePipeline(unet=unet, vae=vae, text_encoder=text_encoder,
-                                     scheduler=scheduler or ddim_scheduler(model.schedule))
+                                     scheduler=scheduler or ddim_scheduler(model.schedule, model.prediction))
     return pipe.to(model.device)
 
 
@@ -217,5 +221,6 @@ def export_pipeline(model: TextToImage, folder: str | Path, scheduler=None) -> C
 def model_from_pipeline(pipe: CourseTextToImagePipeline) -> TextToImage:
     """The course :class:`TextToImage` that a pipeline holds (same modules, shared weights), with its schedule."""
     betas = torch.as_tensor(pipe.scheduler.betas, dtype=torch.float64)
+    prediction = {v: k for k, v in _PREDICTION_TYPE.items()}[pipe.scheduler.config.prediction_type]
     return TextToImage(pipe.text_encoder.tokenizer, pipe.text_encoder.net, pipe.unet.net, pipe.vae.net,
-                       NoiseSchedule(betas), pipe.vae.config.scaling_factor).to(pipe.unet.device)
+                       NoiseSchedule(betas), pipe.vae.config.scaling_factor, prediction).to(pipe.unet.device)

@@ -34,7 +34,7 @@ def diffusers_scheduler(name: str, schedule: NoiseSchedule, **kwargs):
     if name not in classes:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {SCHEDULERS}")
     config = dict(num_train_timesteps=schedule.T, trained_betas=schedule.betas.double().tolist(),
-                  prediction_type="epsilon")
+                  prediction_type=kwargs.pop("prediction_type", "epsilon"))
     if name in ("ddpm", "ddim"):
         config["clip_sample"] = kwargs.pop("clip_sample", True)
     if name == "ddim":  # the course's DDIM: start at T - 1, end on the data (a_bar = 1)

@@ -25,6 +25,7 @@ from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
 from course_lib.data.text import CaptionTokenizer
 from course_lib.diffusion.ddpm import ddpm_loss
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
+from course_lib.diffusion.objectives import EpsFromV
 from course_lib.diffusion.schedule import NoiseSchedule, to_image_range
 from course_lib.diffusion.schedulers import SchedulerRule
 from course_lib.diffusion.solver import DDIMRule, sample
@@ -98,12 +99,17 @@ class TextToImage(nn.Module):
         tokenizer: a CaptionTokenizer (e.g. :func:`make_tokenizer`); text_encoder: a TextEncoder
         of the same vocabulary; unet: a UNet whose ``context_dim`` is the encoder's width and whose
         ``in_ch`` is the autoencoder's ``latent_ch``; autoencoder: a (trained) LatentAutoencoder;
-        schedule: the NoiseSchedule; latent_scale: 1 / std of the latents.
+        schedule: the NoiseSchedule; latent_scale: 1 / std of the latents; prediction: what the
+        U-Net predicts, "eps" or "v" (v = sqrt(a_bar_t) eps - sqrt(1 - a_bar_t) z_0; sampling turns
+        it back into eps, so every sampler works unchanged).
     """
 
     def __init__(self, tokenizer: CaptionTokenizer, text_encoder: TextEncoder, unet: UNet,
-                 autoencoder: LatentAutoencoder, schedule: NoiseSchedule, latent_scale: float = 1.0):
+                 autoencoder: LatentAutoencoder, schedule: NoiseSchedule, latent_scale: float = 1.0,
+                 prediction: str = "eps"):
         super().__init__()
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
         if unet.context_dim != text_encoder.dim:
             raise ValueError(f"the U-Net cross-attends to width {unet.context_dim} but the text encoder "
                              f"gives {text_encoder.dim}: build UNet(context_dim=text_encoder.dim)")
@@ -112,7 +118,7 @@ class TextToImage(nn.Module):
                              f"{autoencoder.latent_ch}: build UNet(in_ch=autoencoder.latent_ch)")
         if tokenizer.vocab_size > text_encoder.token_emb.num_embeddings:
             raise ValueError("the tokenizer knows more words than the text encoder has embeddings")
-        self.tokenizer, self.schedule = tokenizer, schedule
+        self.tokenizer, self.schedule, self.prediction = tokenizer, schedule, prediction
         self.text_encoder, self.unet, self.autoencoder = text_encoder, unet, autoencoder
         self.register_buffer("latent_scale", torch.tensor(float(latent_scale)))
 
@@ -134,11 +140,13 @@ class TextToImage(nn.Module):
         return self.unet(z_t, t, context=context, context_mask=context_mask)
 
     def loss(self, latents: Tensor, captions: Sequence[str]) -> Tensor:
-        """The DDPM loss on scaled latents (B, c, s, s) with their captions; trains U-Net and text encoder together."""
+        """The DDPM loss (eps or v target) on scaled latents (B, c, s, s) with their captions; trains
+        U-Net and text encoder together."""
         if len(captions) != len(latents):
             raise ValueError(f"{len(latents)} latents but {len(captions)} captions")
         context, mask = self.encode_prompt(list(captions))
-        return ddpm_loss(self.unet, latents, self.schedule, cond={"context": context, "context_mask": mask})
+        return ddpm_loss(self.unet, latents, self.schedule, cond={"context": context, "context_mask": mask},
+                         prediction=self.prediction)
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
@@ -181,9 +189,13 @@ class TextToImage(nn.Module):
         shape = (cond["context"].shape[0], *self.latent_shape(image_size))
         if sampler is None:
             rule = DDIMRule(self.schedule, steps, clip_x0=False)
+        elif getattr(getattr(sampler, "config", None), "prediction_type", "epsilon") != "epsilon":
+            raise ValueError("generate hands the sampler eps: give it a scheduler with prediction_type='epsilon'")
         else:
             rule = sampler if hasattr(sampler, "t_at") else SchedulerRule(sampler, steps)
         guided = ClassifierFreeGuidance(self.unet, cond, uncond, guidance_scale)
+        if self.prediction == "v":                 # guidance mixes v's; the step rules want eps
+            guided = EpsFromV(guided, self.schedule)
         z = sample(guided, shape, rule, generator=generator, device=self.device, progress=False)
         self.train(was_training)
         return z if return_latents else self.decode_latents(z)
