@@ -139,3 +139,17 @@ def test_v_prediction_loss_and_sampling():
     torch.testing.assert_close(z, by_hand)
     with pytest.raises(ValueError, match="eps"):
         TextToImage(m_v.tokenizer, m_v.text_encoder, m_v.unet, m_v.autoencoder, m_v.schedule, prediction="x0")
+
+
+def test_generate_eta_is_the_ddim_rules_eta():
+    from course_lib.diffusion.guidance import ClassifierFreeGuidance
+    from course_lib.diffusion.solver import DDIMRule, sample
+    m = tiny_model()
+    gen = lambda eta: m.generate("a red circle", num_images=2, steps=4, eta=eta, return_latents=True,  # noqa: E731
+                                 generator=torch.Generator().manual_seed(0))
+    cond, uncond = m._conditions("a red circle", None, 2)
+    by_hand = sample(ClassifierFreeGuidance(m.unet, cond, uncond, 3.0), (2, 4, 8, 8),
+                     DDIMRule(m.schedule, 4, eta=1.0, clip_x0=False),
+                     generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(gen(1.0), by_hand)
+    assert (gen(1.0) - gen(0.0)).abs().max() > 1e-2

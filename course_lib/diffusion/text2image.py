@@ -175,20 +175,21 @@ class TextToImage(nn.Module):
     def generate(self, prompt: str | Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
                  guidance_scale: float = 3.0, steps: int = 20, num_images: int | None = None,
                  image_size: int = 32, generator: torch.Generator | None = None, sampler=None,
-                 return_latents: bool = False) -> Tensor:
+                 eta: float = 0.0, return_latents: bool = False) -> Tensor:
         """Images (B, 3, S, S) in [0, 1] for B prompts (or ``num_images`` copies of one prompt).
 
         Guidance: eps = eps_neg + s (eps_text - eps_neg), where eps_neg is the model on the
         negative prompt, or on the empty caption when there is none. Sampling: the course DDIM
-        (eta = 0, no clipping) with ``steps`` steps; ``sampler`` may instead be a `diffusers`
-        scheduler (run for ``steps`` steps, see ``course_lib.diffusion.schedulers``) or any step rule.
+        (no clipping) with ``steps`` steps and ``eta`` (0: deterministic; 1: fresh noise at every
+        step, as much as DDPM's); ``sampler`` may instead be a `diffusers` scheduler (run for
+        ``steps`` steps, see ``course_lib.diffusion.schedulers``) or any step rule.
         """
         was_training = self.training
         self.eval()
         cond, uncond = self._conditions(prompt, negative_prompt, num_images)
         shape = (cond["context"].shape[0], *self.latent_shape(image_size))
         if sampler is None:
-            rule = DDIMRule(self.schedule, steps, clip_x0=False)
+            rule = DDIMRule(self.schedule, steps, eta=eta, clip_x0=False)
         elif getattr(getattr(sampler, "config", None), "prediction_type", "epsilon") != "epsilon":
             raise ValueError("generate hands the sampler eps: give it a scheduler with prediction_type='epsilon'")
         else:
