@@ -20,18 +20,18 @@ No ``.cuda()`` anywhere else in the course: move things with ``.to(device)``.
    A seed gives the same noise on every device; a generator on the GPU is never needed.
 3. *Which dtype.* Models run in float32 (under autocast on CUDA when training, see below).
    float64 runs **on the CPU only** (MPS has no float64): move to the CPU first,
-   ``x.detach().to("cpu", torch.float64)``, never ``x.double()`` on a device.
+   ``x.detach().cpu().double()``, never ``x.double()`` on a device.
 4. *Mixed precision* (:func:`autocast_dtype`, used by ``train.fit``):
 
        CUDA, compute capability >= 8.0 (A100, H100, L4, RTX 30/40): bf16 autocast, no scaler
        CUDA, compute capability <  8.0 (T4 = 7.5, V100 = 7.0):      fp16 autocast + GradScaler
        CPU, MPS:                                                    None (float32)
 
-   Ops that autocast would ruin run in float32 by design, inside :func:`no_autocast` on float32
-   inputs: binary cross-entropy on probabilities, log-likelihoods and a flow's log-determinant,
-   CLIP's logits. Not bit-identical across devices: GPU kernels (TF32 matmuls and convolutions
-   on compute capability >= 8.0, nondeterministic atomics) give results that differ from the CPU's
-   in the last digits; a seed fixes the *noise* everywhere, not every rounding.
+   Ops that autocast would ruin run in float32 by design, inside :func:`no_autocast` and/or on
+   inputs made float32 by :func:`upcast`: binary cross-entropy, log-likelihoods (VAE, flows: the
+   log-determinant), CLIP's logits. Not bit-identical across devices: GPU kernels (cuDNN's TF32
+   convolutions, on by default on compute capability >= 8.0; nondeterministic atomics) differ from
+   the CPU in the last digits; a seed fixes the *noise* everywhere, not every rounding.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["get_device", "autocast_dtype", "amp", "Amp", "no_autocast", "seed_everything", "memory_report",
+__all__ = ["get_device", "autocast_dtype", "amp", "Amp", "no_autocast", "upcast", "seed_everything", "memory_report",
            "throughput", "describe_hardware", "free_memory", "maybe_compile", "synchronize"]
 
 
@@ -138,12 +138,18 @@ def amp(device: torch.device | str, enabled: bool = True) -> Amp:
     return Amp(device, dtype, scaler)
 
 
+def upcast(*tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Each tensor in float32 if autocast made it bf16 / fp16; float32 and float64 unchanged."""
+    out = tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+    return out[0] if len(out) == 1 else out
+
+
 def no_autocast(like: torch.Tensor):
     """A context in which autocast is off on ``like``'s device: the ops inside run in the dtype
     of their inputs, so give them float32 inputs (``.float()``)::
 
         with no_autocast(x_hat):      # BCE in float32 by design (CUDA autocast refuses it)
-            loss = F.binary_cross_entropy(x_hat.float(), x.float())
+            loss = F.binary_cross_entropy(*upcast(x_hat, x))
     """
     return torch.autocast(device_type=like.device.type, enabled=False)
 
