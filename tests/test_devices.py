@@ -4,7 +4,8 @@ The rule under test (``course_lib.device``): helpers return CPU results, noise i
 CPU and moved, float64 runs on the CPU only, and the training precision follows the hardware.
 ``fake_device.fake_cuda`` puts the code on a ``cuda:0`` that holds no data, so a CPU/GPU mix,
 a ``.numpy()`` of a GPU tensor, a CPU generator used for a GPU tensor or a float64 op on the GPU
-fails here as it would on a GPU (or on a Mac, for float64).
+fails here as it would on a GPU (or on a Mac, for float64). Those tests run in a forked process
+(``in_a_fork``) so that the fake GPU leaves nothing behind in the test process.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from course_lib import device as dev
 from course_lib.train import fit
-from fake_device import Float64OnDevice, fake_cuda
+from fake_device import Float64OnDevice, fake_cuda, in_a_fork
 
 
 def _tiny_t2i():
@@ -43,6 +44,7 @@ def _toy_flow():
 
 
 # --------------------------------------------------------------------------- the harness itself
+@in_a_fork
 def test_the_fake_gpu_catches_what_a_real_one_would():
     with fake_cuda() as cuda:
         x = torch.randn(2, 3).to(cuda)
@@ -178,6 +180,7 @@ def test_without_a_scaler_a_non_finite_loss_stops_at_once():
 
 # --------------------------------------------------------------------------- the library on a (fake) GPU
 @pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+@in_a_fork
 def test_fit_runs_on_a_gpu(capability):
     from course_lib.diffusion.ddpm import ddpm_loss
     from course_lib.diffusion.schedule import NoiseSchedule
@@ -193,6 +196,7 @@ def test_fit_runs_on_a_gpu(capability):
         assert next(result.ema_model.parameters()).device == cuda
 
 
+@in_a_fork
 def test_text_to_image_notebook_path_on_a_gpu():
     """4 · 07: train the autoencoder and the text-to-image model, generate, attention maps, decode."""
     from course_lib.diffusion.text2image import training_captions, word_attention_maps
@@ -218,6 +222,7 @@ def test_text_to_image_notebook_path_on_a_gpu():
         maps.numpy(), t2i.decode_latents(z0).numpy()                              # what the notebook plots
 
 
+@in_a_fork
 def test_samplers_and_guidance_on_a_gpu():
     from course_lib.diffusion import solver
     from course_lib.diffusion.guidance import cfg_sample
@@ -238,6 +243,7 @@ def test_samplers_and_guidance_on_a_gpu():
                           generator=g).device.type == "cpu"
 
 
+@in_a_fork
 def test_probability_flow_ode_keeps_float64_on_the_cpu():
     """4 · 04 on a Mac: the ODE is integrated in float64, which MPS does not have."""
     from course_lib.diffusion.schedule import NoiseSchedule
@@ -255,6 +261,7 @@ def test_probability_flow_ode_keeps_float64_on_the_cpu():
                 assert out.device == cuda and out.dtype == torch.float32
 
 
+@in_a_fork
 def test_flows_and_models_draw_their_noise_on_the_cpu():
     from course_lib.models import gan, vae
     from course_lib.models.flows import dequantize
@@ -272,6 +279,7 @@ def test_flows_and_models_draw_their_noise_on_the_cpu():
         gan.random_translate(torch.randn(2, 1, 8, 8).to(cuda))
 
 
+@in_a_fork
 def test_metrics_and_checks_on_gpu_tensors():
     from course_lib.checks import compare_outputs
     from course_lib.diffusion.score import energy_distance
