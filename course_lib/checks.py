@@ -98,7 +98,7 @@ def _compare_tensors(g, w, atol: float, rtol: float, where: str, exact_dtype: bo
     if g.dtype.is_floating_point != w.dtype.is_floating_point or (
             w.dtype == _bool) != (g.dtype == _bool):
         return f"{where} has dtype {g.dtype}, expected {w.dtype}"
-    g, w = g.detach().to(_float64).cpu(), w.detach().to(_float64).cpu()
+    g, w = g.detach().cpu().to(_float64), w.detach().cpu().to(_float64)  # float64 on the CPU only
     bad = ~_isfinite(g) & _isfinite(w)
     if bad.any():
         return f"{where} contains {int(bad.sum())} NaN/inf value(s) where the reference is finite"

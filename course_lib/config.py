@@ -87,7 +87,9 @@ class Config:
     def __str__(self) -> str:
         mode = ("smoke (tiny sizes, seconds: models barely train, so samples look like noise)" if self.smoke
                 else "full (real training)")
-        return f"mode: {mode} | seed: {self.seed} | device: {self.device}"
+        from course_lib.device import amp
+        return (f"mode: {mode} | seed: {self.seed} | device: {self.device} | "
+                f"fit trains in: {amp(self.device).describe()}")
 
 
 def setup(smoke: bool | None = None, seed: int = 0, device: str | torch.device | None = None,

@@ -14,6 +14,13 @@ One optimizer step is: zero the gradients; forward and loss under autocast; back
 (scaled when fp16 needs it); clip the gradient's global norm; step with the scheduled
 learning rate; update the EMA. Linear warm-up then cosine decay to zero (or constant).
 
+**Precision** (``course_lib.device.amp``): float32 on CPU and MPS; on CUDA, bf16 autocast on
+GPUs of compute capability >= 8.0 and fp16 autocast with a GradScaler on older ones (T4, V100).
+A non-finite loss stops training with a ``FloatingPointError`` -- except under fp16, where the
+scaler skips the step (and lowers its scale) as it is meant to; ten such losses in a row stop
+training too. The model should be on ``device`` (``fit`` moves it there) and batches are moved
+to it; anything ``loss_fn`` builds itself must be built on the batch's device.
+
 **Checkpoint and resume.** With ``checkpoint=path`` the run is saved every
 ``checkpoint_every`` steps (default: every 5 minutes), at the end, and when you interrupt
 the kernel. Re-running the same cell finds the file and carries on from where it stopped;
@@ -56,6 +63,7 @@ _FORMAT = 1
 _META_KEY = "course_lib.train"
 _RESERVED_LOGS = ("loss", "lr", "grad_norm")
 _AUTOSAVE_SECONDS = 300
+_MAX_SKIPPED_STEPS = 10  # fp16: non-finite losses in a row the grad scaler may skip before fit stops
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +237,11 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 # one step
 # ---------------------------------------------------------------------------------------------
 
-def _unpack_loss(out: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """loss_fn's result -> (scalar loss tensor, {name: float} to log)."""
+def _unpack_loss(out: Any, step: int, allow_nonfinite: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """loss_fn's result -> (scalar loss tensor, {name: float} to log).
+
+    A non-finite loss raises, unless ``allow_nonfinite`` (fp16 with a grad scaler: the scaler
+    skips that step and lowers its scale; ``_loop`` raises if it keeps happening)."""
     loss, logs = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -241,11 +252,17 @@ def _unpack_loss(out: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     if bad := [k for k in logs if k in _RESERVED_LOGS]:
         raise ValueError(f"loss_fn may not log {bad}: fit records {list(_RESERVED_LOGS)} itself")
     value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"the loss is {value} at step {step + 1}: training diverged. Try a "
-                                 "lower lr, grad_clip=1.0, or check loss_fn for log(0) or x/0.")
+    if not math.isfinite(value) and not allow_nonfinite:
+        raise _diverged(value, step)
     return loss.reshape(()), {k: float(v.detach() if isinstance(v, torch.Tensor) else v)
                              for k, v in logs.items()}
+
+
+def _diverged(value: float, step: int, skipped: int = 0) -> FloatingPointError:
+    scaler = (f" (the fp16 grad scaler skipped the last {skipped} steps: the loss itself is not finite)"
+              if skipped else "")
+    return FloatingPointError(f"the loss is {value} at step {step + 1}: training diverged{scaler}. Try a "
+                              "lower lr, grad_clip=1.0, or check loss_fn for log(0) or x/0.")
 
 
 def _backward(model: nn.Module, loss_fn: Callable, batch: Any, optimizer: torch.optim.Optimizer,
@@ -253,7 +270,7 @@ def _backward(model: nn.Module, loss_fn: Callable, batch: Any, optimizer: torch.
     """Forward, backward and clipping; returns the values to log (the update comes after)."""
     optimizer.zero_grad(set_to_none=True)
     with policy.autocast():
-        loss, logs = _unpack_loss(loss_fn(model, batch), step)
+        loss, logs = _unpack_loss(loss_fn(model, batch), step, allow_nonfinite=policy.scaler is not None)
     if policy.scaler is not None:
         policy.scaler.scale(loss).backward()
         policy.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -269,7 +286,7 @@ def _backward(model: nn.Module, loss_fn: Callable, batch: Any, optimizer: torch.
 def _update(optimizer: torch.optim.Optimizer, policy: Any, ema: EMA | None,
             model: nn.Module) -> None:
     if policy.scaler is not None:
-        policy.scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
+        policy.scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
         policy.scaler.update()
     else:
         optimizer.step()
@@ -497,7 +514,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], Any], data: Any, *
           then follows ``schedule`` ("cosine" to 0, or "constant").
     grad_clip: clip the global gradient norm to this (logged as "grad_norm", before clipping).
     ema_decay: keep an :class:`EMA` of the weights (``result.ema_model``).
-    use_amp: mixed precision from :func:`course_lib.device.amp` (nothing changes on CPU).
+    use_amp: mixed precision from :func:`course_lib.device.amp` (float32 on CPU and MPS; bf16, or
+          fp16 + grad scaler, on CUDA); ``use_amp=False`` trains in float32 everywhere.
     checkpoint: a ``.safetensors`` path: resume from it if it exists (``resume=False`` starts
           over), save to it every ``checkpoint_every`` steps (None: every 5 minutes), at the
           end, and on KeyboardInterrupt.
@@ -557,6 +575,7 @@ def _loop(model, loss_fn, batches, optimizer, policy, ema, state, total, device,
 
     start, last_save = time.perf_counter(), time.monotonic()
     first_step, seconds_before, in_update = state.step, state.seconds, False
+    nonfinite_in_a_row = 0  # only with a grad scaler: its skipped steps
     bar = tqdm(total=total, initial=state.step, unit="step", disable=not progress, desc="train")
     try:
         while state.step < total:
@@ -566,6 +585,9 @@ def _loop(model, loss_fn, batches, optimizer, policy, ema, state, total, device,
                 lr_now = _set_lr(optimizer, state.step, total, warmup_steps, schedule)
                 logs = _backward(model, loss_fn, _to_device(batch, device), optimizer, policy,
                                  grad_clip, state.step)
+                nonfinite_in_a_row = 0 if math.isfinite(logs["loss"]) else nonfinite_in_a_row + 1
+                if nonfinite_in_a_row > _MAX_SKIPPED_STEPS:
+                    raise _diverged(logs["loss"], state.step, nonfinite_in_a_row - 1)
                 in_update = True  # from here until the bookkeeping is done, state is in flux
                 _update(optimizer, policy, ema, model)
                 state.record({"lr": lr_now, **logs})

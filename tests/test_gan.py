@@ -14,6 +14,14 @@ from course_lib.models.gan import (Discriminator, Generator, MLPDiscriminator, M
                                    train_gan, wgan_d_loss, wgan_g_loss)
 from course_lib.train import EMA
 
+
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """These tests compare numbers with CPU tensors made here: fit picks the CPU even on a GPU host
+    (tests/test_devices.py runs the same code on a GPU's device)."""
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+
+
 LOG3 = math.log(3.0)
 
 

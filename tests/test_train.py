@@ -12,6 +12,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from course_lib.train import EMA, fit, load_weights, scheduled_lr
 from course_lib.viz import plot_training
 
+
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """These tests compare numbers with CPU tensors made here: fit picks the CPU even on a GPU host
+    (tests/test_devices.py runs the same code on a GPU's device)."""
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+
+
 # 100 samples, batch 16 -> 7 batches per epoch (the last one has 4), so 23 steps span
 # three epochs and the interruptions below land in the middle of an epoch.
 RUN = dict(steps=23, batch_size=16, lr=1e-2, weight_decay=0.01, warmup_steps=5,

@@ -10,6 +10,13 @@ from course_lib.models.vae import (VAE, ELBOLoss, bernoulli_nll, elbo_loss, gaus
 from course_lib.train import fit
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu(monkeypatch):
+    """These tests compare numbers with CPU tensors made here: fit picks the CPU even on a GPU host
+    (tests/test_devices.py runs the same code on a GPU's device)."""
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+
+
 def _latents(b=4, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) * 0.5

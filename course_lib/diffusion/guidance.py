@@ -98,7 +98,7 @@ class ClassifierFreeGuidance:
 def cfg_sample(model: nn.Module, labels: Tensor, schedule: NoiseSchedule, guidance_scale: float,
                steps: int = 25, shape: Sequence[int] | None = None,
                generator: torch.Generator | None = None) -> Tensor:
-    """Sample one image per requested label with classifier-free guidance.   labels: (B,) -> (B, C, H, W) in [-1, 1].
+    """One image per requested label with classifier-free guidance.  labels: (B,) -> (B, C, H, W) in [-1, 1], CPU.
 
     eps = eps_u + s (eps_c - eps_u) with s = guidance_scale (s = 1: no guidance, s = 0: ignore
     the labels); DDIM (eta = 0) with ``steps`` steps. ``shape`` is (C, H, W); by default
@@ -111,7 +111,7 @@ def cfg_sample(model: nn.Module, labels: Tensor, schedule: NoiseSchedule, guidan
     uncond = {"y": torch.full_like(labels, model.null_label)}
     guided = ClassifierFreeGuidance(model, {"y": labels}, uncond, guidance_scale)
     return sample(guided, (labels.shape[0], C, H, W), DDIMRule(schedule, steps), generator=generator,
-                  progress=False)
+                  progress=False).cpu()
 
 
 def guidance_convention_report(fn: Callable[[Tensor, Tensor, float], Tensor]) -> str:

@@ -274,7 +274,8 @@ def probability_flow_ode(model: Callable[[Tensor, Tensor], Tensor], x: Tensor, s
         "heun": Heun's 2nd-order method on steps evenly spaced from T - 1 to 0, two calls per
         step except the last tiny hop from t = 0 to the data (eps is not defined at sigma = 0),
         so 2 * steps - 1 model calls.
-    Returns x (B, ...) or (x, frames) with every intermediate state when trajectory=True.
+    Returns x (B, ...) or (x, frames) with every intermediate state when trajectory=True, on x's
+    device and in its dtype; y is integrated in float64 on the CPU (the device rule: no float64 on MPS).
     """
     from course_lib.diffusion.ddpm import ddim_timesteps
 
@@ -282,7 +283,9 @@ def probability_flow_ode(model: Callable[[Tensor, Tensor], Tensor], x: Tensor, s
         raise ValueError(f"direction must be 'decode' or 'encode', got {direction!r}")
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
-    a_bar = schedule.alphas_cumprod.to(x.device).double()
+    # y is integrated in float64 on the CPU (MPS has no float64); the model runs on its device
+    # in x's dtype, so each step moves y there and eps back: 2 small copies per model call.
+    a_bar = schedule.alphas_cumprod.cpu().double()
     if method == "euler":                                            # DDIM's grid (trailing spacing)
         grid = ddim_timesteps(steps, schedule.T) + [-1]              # noisy -> data; -1 = the data
     else:                                                            # T - 1 ... 0 evenly, then the data
@@ -293,10 +296,10 @@ def probability_flow_ode(model: Callable[[Tensor, Tensor], Tensor], x: Tensor, s
     sig = lambda t: ((1 - abar(t)) / abar(t)).sqrt()                 # noqa: E731
 
     def eps_at(y: Tensor, t: int) -> Tensor:                         # eps(x, t) with x = sqrt(a_bar) y
-        tt = torch.full((y.shape[0],), max(t, 0), device=y.device, dtype=torch.long)  # t = -1: use t = 0
-        return model((abar(t).sqrt() * y).to(x.dtype), tt).double()
+        tt = torch.full((y.shape[0],), max(t, 0), device=x.device, dtype=torch.long)  # t = -1: use t = 0
+        return model((abar(t).sqrt() * y).to(x.device, x.dtype), tt).cpu().double()
 
-    y = x.double() / abar(grid[0]).sqrt()
+    y = x.cpu().double() / abar(grid[0]).sqrt()
     frames = [x.clone()] if trajectory else None
     for t, t_next in zip(grid[:-1], grid[1:]):
         d = eps_at(y, t)
@@ -306,8 +309,8 @@ def probability_flow_ode(model: Callable[[Tensor, Tensor], Tensor], x: Tensor, s
             y_next = y + h * 0.5 * (d + eps_at(y_next, t_next))       # Heun: average the two slopes
         y = y_next
         if trajectory:
-            frames.append((abar(t_next).sqrt() * y).to(x.dtype))
-    out = (abar(grid[-1]).sqrt() * y).to(x.dtype)
+            frames.append((abar(t_next).sqrt() * y).to(x.device, x.dtype))
+    out = (abar(grid[-1]).sqrt() * y).to(x.device, x.dtype)
     return (out, frames) if trajectory else out
 
 
@@ -318,7 +321,7 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     Zero exactly when the two laws are equal; the within-set terms leave out the zero
     diagonal (unbiased U-statistics), so two samples of one law give about 0 (up to noise).
     """
-    x, y = _check_points(x, "energy_distance").double(), _check_points(y, "energy_distance").double()
+    x, y = (_check_points(p, "energy_distance").detach().cpu().double() for p in (x, y))
     if x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
         raise ValueError("energy_distance needs two sets of >= 2 points of the same dimension")
     within = lambda a: torch.cdist(a, a).sum() / (len(a) * (len(a) - 1))  # noqa: E731

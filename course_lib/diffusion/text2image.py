@@ -150,13 +150,13 @@ class TextToImage(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
-        """Images (B, 3, S, S) in [-1, 1] -> scaled latents ``scale * z`` (B, c, s, s)."""
+        """Images (B, 3, S, S) in [-1, 1], any device -> scaled latents ``scale * z`` (B, c, s, s), model device."""
         return self.autoencoder.encode(images.to(self.device)) * self.latent_scale
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """Scaled latents (B, c, s, s) -> images (B, 3, S, S) in [0, 1]:  x = decode(z / scale)."""
-        return to_image_range(self.autoencoder.decode(latents / self.latent_scale))
+        """Scaled latents (B, c, s, s), any device -> images (B, 3, S, S) in [0, 1], CPU:  x = decode(z / scale)."""
+        return to_image_range(self.autoencoder.decode(latents.to(self.device) / self.latent_scale)).cpu()
 
     def _conditions(self, prompt, negative_prompt, n: int | None):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -176,7 +176,8 @@ class TextToImage(nn.Module):
                  guidance_scale: float = 3.0, steps: int = 20, num_images: int | None = None,
                  image_size: int = 32, generator: torch.Generator | None = None, sampler=None,
                  eta: float = 0.0, return_latents: bool = False) -> Tensor:
-        """Images (B, 3, S, S) in [0, 1] for B prompts (or ``num_images`` copies of one prompt).
+        """Images (B, 3, S, S) in [0, 1] on the CPU for B prompts (or ``num_images`` copies of one prompt);
+        with ``return_latents=True`` the scaled latents (B, c, s, s), on the CPU too.
 
         Guidance: eps = eps_neg + s (eps_text - eps_neg), where eps_neg is the model on the
         negative prompt, or on the empty caption when there is none. Sampling: the course DDIM
@@ -199,7 +200,7 @@ class TextToImage(nn.Module):
             guided = EpsFromV(guided, self.schedule)
         z = sample(guided, shape, rule, generator=generator, device=self.device, progress=False)
         self.train(was_training)
-        return z if return_latents else self.decode_latents(z)
+        return z.cpu() if return_latents else self.decode_latents(z)
 
 
 @torch.no_grad()
@@ -207,10 +208,10 @@ def word_attention_maps(model: TextToImage, prompt: str, latents: Tensor, t: int
                         image_size: int = 32) -> tuple[list[str], Tensor]:
     """Where each word of ``prompt`` is looked at: the U-Net's cross-attention at step t.
 
-    latents: (1, c, s, s) a noisy latent at step t. Runs the U-Net once with every Attention's
-    ``record_cross`` on, averages the weights over heads and over every attention layer
-    (each upsampled to image_size), and returns (the words, maps (n_words, image_size, image_size)),
-    each map normalised to sum to 1. <bos>, <eos> and padding are left out.
+    latents: (1, c, s, s) a noisy latent at step t (any device). Runs the U-Net once with every
+    Attention's ``record_cross`` on, averages the weights over heads and over every attention layer
+    (each upsampled to image_size), and returns (the words, maps (n_words, image_size, image_size)
+    on the CPU), each map normalised to sum to 1. <bos>, <eos> and padding are left out.
     """
     from course_lib.models.unet import Attention
     context, mask = model.encode_prompt(prompt)
@@ -232,4 +233,4 @@ def word_attention_maps(model: TextToImage, prompt: str, latents: Tensor, t: int
     words = model.tokenizer.split(prompt)
     avg = torch.stack(maps).mean(0)                                   # (T, S, S)
     word_maps = avg[1:1 + len(words)]                                  # skip <bos>; stop before <eos>
-    return words, word_maps / word_maps.sum(dim=(1, 2), keepdim=True)
+    return words, (word_maps / word_maps.sum(dim=(1, 2), keepdim=True)).cpu()

@@ -71,8 +71,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     square roots of real, non-negative eigenvalues: no complex numbers, stable when the
     covariances are singular (fewer samples than feature dimensions).
     """
-    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64).cpu() for m in (mu1, mu2))
-    sigma1, sigma2 = (torch.as_tensor(s, dtype=torch.float64).cpu() for s in (sigma1, sigma2))
+    mu1, mu2 = (torch.as_tensor(m).cpu().double() for m in (mu1, mu2))   # float64 on the CPU only
+    sigma1, sigma2 = (torch.as_tensor(s).cpu().double() for s in (sigma1, sigma2))
     d = mu1.shape[0] if mu1.dim() == 1 else -1
     if mu1.dim() != 1 or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError("frechet_distance expects mu1, mu2 of shape (D,) and sigma1, sigma2 of "

@@ -326,7 +326,7 @@ class StyleBlock(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = self.conv(x, w)
         if noise:
-            x = x + self.noise_strength * torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device)
+            x = x + self.noise_strength * torch.randn(x.shape[0], 1, *x.shape[2:]).to(x.device)  # CPU draw
         return F.leaky_relu(x + self.bias, 0.2)
 
 

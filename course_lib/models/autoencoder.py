@@ -294,7 +294,7 @@ class LatentAutoencoder(nn.Module):
         if foreground_weight < 0:
             raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}")
         mean, logvar = self.moments(x)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        z = mean + torch.randn(mean.shape, dtype=mean.dtype).to(mean.device) * (0.5 * logvar).exp()  # CPU draw
         w = 1 + foreground_weight * (x.amax(dim=1, keepdim=True) > -0.9).to(x)   # (B, 1, S, S); 1 when w = 0
         rec = (w * (self.decode(z) - x) ** 2).mean()
         kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).mean()   # KL(N(m, s^2) || N(0, 1)) per number

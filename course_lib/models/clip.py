@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.data.text import CaptionTokenizer
+from course_lib.device import no_autocast, upcast
 from course_lib.models.autoencoder import ConvEncoder
 from course_lib.nn.attention import TransformerBlock
 
@@ -240,10 +241,11 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     Returns a scalar. Random embeddings give about ``log B``; a perfect match gives about 0.
     """
     _check_pair(image_emb, text_emb)
-    logits = logit_scale * similarity(image_emb, text_emb)            # L_ij = s · cos(x_i, y_j): (B, B)
-    targets = torch.arange(len(logits), device=logits.device)         # pair i is on the diagonal
-    loss_images = F.cross_entropy(logits, targets)                    # each image picks its caption
-    loss_texts = F.cross_entropy(logits.T, targets)                   # each caption picks its image
+    with no_autocast(image_emb):  # float32 by design: s up to 100 times a bf16 cosine (3 digits) blurs the logits
+        logits = logit_scale * similarity(*upcast(image_emb, text_emb))   # L_ij = s · cos(x_i, y_j): (B, B)
+        targets = torch.arange(len(logits), device=logits.device)     # pair i is on the diagonal
+        loss_images = F.cross_entropy(logits, targets)                # each image picks its caption
+        loss_texts = F.cross_entropy(logits.T, targets)               # each caption picks its image
     return (loss_images + loss_texts) / 2
 
 

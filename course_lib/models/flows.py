@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.device import no_autocast, upcast
 from course_lib.nn.layers import MLP, ConvBlock
 
 __all__ = ["FlowLayer", "FlowSequence", "Flow", "AffineCoupling", "ActNorm",
@@ -122,7 +123,8 @@ class Flow(FlowSequence):
     """A density model: the layers map data x (B, *event_shape) to latent z, and z ~ N(0, I).
 
     log_prob(x) -> (B,)              log p(x) = log N(f(x); 0, I) + log |det df/dx|
-    sample(n, temperature=1.0)       z ~ N(0, T^2 I), x = f^{-1}(z): (n, *event_shape)
+    sample(n, temperature=1.0)       z ~ N(0, T^2 I), x = f^{-1}(z): (n, *event_shape) on the CPU
+                                     (z drawn on the CPU from ``generator``, then moved)
     trajectory(z)                    [z, h_{K-1}, ..., x]: the latent pushed back layer by layer
     """
 
@@ -135,7 +137,8 @@ class Flow(FlowSequence):
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"this flow models items of shape {self.event_shape}; got a batch "
                              f"of shape {tuple(x.shape)} (expected (B, *{self.event_shape}))")
-        z, log_det = self(x)
+        with no_autocast(x):                            # float32 by design: log_det sums many logs,
+            z, log_det = self(upcast(x))                 # which bf16/fp16 autocast would round away
         return standard_normal_log_prob(z) + log_det    # change of variables
 
     def sample(self, n: int, temperature: float = 1.0,
@@ -145,9 +148,9 @@ class Flow(FlowSequence):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         params = list(self.parameters())
-        device = params[0].device if params else None
-        z = torch.randn((n, *self.latent_shape), generator=generator, device=device)
-        return self.inverse(temperature * z)               # z ~ N(0, T^2 I)
+        device = params[0].device if params else torch.device("cpu")
+        z = torch.randn((n, *self.latent_shape), generator=generator).to(device)  # drawn on the CPU
+        return self.inverse(temperature * z).cpu()         # z ~ N(0, T^2 I)
 
     def trajectory(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The latent ``z`` (B, *latent_shape) pushed back through the layers one at a time:
@@ -469,7 +472,7 @@ def dequantize(levels: torch.Tensor, num_bins: int = 256,
     if levels.min() < 0 or levels.max() >= num_bins:
         raise ValueError(f"levels must lie in 0..{num_bins - 1}, got {levels.min().item()} to "
                          f"{levels.max().item()}")
-    u = torch.rand(levels.shape, generator=generator, device=levels.device)
+    u = torch.rand(levels.shape, generator=generator).to(levels.device)  # drawn on the CPU, then moved
     return (levels.float() + u) / num_bins
 
 

@@ -161,8 +161,8 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
         raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} "
                          f"and {tuple(fake.shape)}; use equal batch sizes")
     if alpha is None:
-        alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device,
-                           dtype=real.dtype)
+        alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1),  # drawn on the CPU, then moved
+                           dtype=real.dtype).to(real.device)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)  # ∇_x̂ f(x̂): (B, ...)
@@ -642,7 +642,7 @@ def random_translate(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"random_translate expects images (B, C, H, W), got {tuple(x.shape)}")
     b, _, h, w = x.shape
-    shift = torch.randint(-max_shift, max_shift + 1, (b, 2), device=x.device)
+    shift = torch.randint(-max_shift, max_shift + 1, (b, 2)).to(x.device)   # drawn on the CPU, then moved
     padded = F.pad(x, (max_shift,) * 4, mode="replicate")          # (B, C, H + 2m, W + 2m)
     rows = (torch.arange(h, device=x.device)[None, :] + max_shift + shift[:, :1])  # (B, H)
     cols = (torch.arange(w, device=x.device)[None, :] + max_shift + shift[:, 1:])  # (B, W)

@@ -79,7 +79,8 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     top_k: keep only the k most probable tokens (:func:`top_k_filter`).
     top_p: keep only the nucleus holding probability ``top_p`` (:func:`top_p_filter`),
         computed after the temperature and the top-k filter.
-    generator: a ``torch.Generator`` on the logits' device, for reproducible draws.
+    generator: a CPU ``torch.Generator``, for reproducible draws: the draw is made on the CPU and
+        the tokens moved to the logits' device, so a seed picks the same tokens on any device.
     """
     if logits.ndim != 2:
         raise ValueError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
@@ -93,7 +94,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = logits.softmax(dim=-1)                              # filtered tokens get exp(-inf) = 0
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.device import upcast
 from course_lib.models.autoencoder import ConvDecoder, ConvEncoder
 
 __all__ = ["reparameterize", "gaussian_kl", "gaussian_kl_per_dim", "bernoulli_nll",
@@ -87,7 +88,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
     """
     _check_latents(mu, logvar)
     if eps is None:
-        eps = torch.randn_like(mu)                                       # eps ~ N(0, I)
+        eps = torch.randn(mu.shape, dtype=mu.dtype).to(mu.device)        # eps ~ N(0, I), drawn on the CPU
     elif not isinstance(eps, torch.Tensor) or eps.shape != mu.shape:
         got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
         raise ValueError(f"eps must be a tensor shaped like mu {tuple(mu.shape)}, got {got}")
@@ -100,6 +101,7 @@ def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         KL_d = ½ (mu_d² + sigma_d² - log sigma_d² - 1),    sigma_d² = exp(logvar_d)
     """
     _check_latents(mu, logvar)
+    mu, logvar = upcast(mu, logvar)                      # float32 by design (autocast may give bf16)
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
 
 
@@ -124,7 +126,7 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"x must be images in [0, 1] for a Bernoulli likelihood, got values in "
                          f"[{x.min().item():.3g}, {x.max().item():.3g}]; rescale, e.g. (x + 1) / 2")
-    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(*upcast(logits, x), reduction="none")  # float32 by design
     return bce.flatten(1).sum(dim=1)
 
 
@@ -139,6 +141,7 @@ def gaussian_nll(x_hat: torch.Tensor, x: torch.Tensor, sigma: float = 0.1) -> to
     _check_images("x_hat", x_hat, x)
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    x, x_hat = upcast(x, x_hat)                          # float32 by design (autocast may give bf16)
     per_pixel = (x - x_hat).pow(2) / (2 * sigma ** 2) + 0.5 * math.log(2 * math.pi * sigma ** 2)
     return per_pixel.flatten(1).sum(dim=1)
 
