@@ -4,7 +4,8 @@ solution, read from cell metadata ``{"course": {"exercise": "<id>", "role": "stu
 
 The solution is the fenced Python code inside the collapsed ``<details>`` block of the markdown
 cell tagged ``solution``. The notebook run (nbval, see ``notebook_plugin.py``) adds one item after
-each exercise's last check cell; it runs :func:`try_exercise` in the notebook's kernel: the stub
+each exercise's last check cell; it runs :func:`try_exercise` in the notebook's kernel (its own
+namespace, where the cells above have run): the stub
 and the checks again, then the solution and the checks, then the stub again, so the cells that
 follow see what a learner who skipped the exercise has.
 """
@@ -129,15 +130,20 @@ def try_exercise(name: str, stub: str, checks: list[str], solution: str, namespa
     assert not failures, f"exercise {name!r}:\n- " + "\n- ".join(failures)
 
 
-def kernel_source(ex: Exercise, nb) -> str:
-    """The code the notebook's kernel runs to try exercise ``ex``."""
-    stub = nb.cells[ex.stub].source
-    checks = [nb.cells[i].source for i in ex.checks]
-    solution = solution_code(nb.cells[ex.solution].source)
-    return (f"# the course's test of exercise {ex.name!r}: stub, then solution, through its checks\n"
-            f"import sys as _sys\n"
-            f"_sys.path.insert(0, {TESTS_DIR!r})\n"
-            f"from exercises import try_exercise as _try_exercise\n"
-            f"_sys.path.remove({TESTS_DIR!r})\n"
-            f"_try_exercise({ex.name!r}, {stub!r}, {checks!r}, {solution!r}, globals())")
+def try_notebook_exercise(notebook: str, name: str, namespace: dict) -> None:
+    """:func:`try_exercise` for exercise ``name`` of ``notebook``, read from the file."""
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    ex = exercises(nb)[name]
+    try_exercise(name, nb.cells[ex.stub].source, [nb.cells[i].source for i in ex.checks],
+                 solution_code(nb.cells[ex.solution].source), namespace)
 
+
+def kernel_source(notebook: Path, name: str) -> str:
+    """The cell the notebook's kernel runs to try exercise ``name``."""
+    return (f"# the course's test of exercise {name!r}: its stub, then its solution, through its checks\n"
+            f"import sys\n"
+            f"sys.path.insert(0, {TESTS_DIR!r})\n"
+            f"from exercises import try_notebook_exercise\n"
+            f"sys.path.remove({TESTS_DIR!r})\n"
+            f"try_notebook_exercise({str(notebook)!r}, {name!r}, globals())")

@@ -4,7 +4,7 @@ plugin adds what the course needs on top:
 
 - the kernel runs in smoke mode, one thread, with its outputs and caches in a temporary folder
   and sliders drawn statically (nobody can move them);
-- a notebook's cells stay together on one xdist worker (``--dist loadgroup``), in order;
+- a notebook's cells stay together on one xdist worker, in order (``--dist loadfile``);
 - after each exercise's last check cell, an item ``exercise <id>`` tries the stub and the solution
   in the same kernel (``exercises.py``);
 - after the last cell, an item ``smoke budget`` fails when the notebook took over 60 s (kernel
@@ -66,12 +66,12 @@ def _exercise_item(parent, ex, after):
     import copy
 
     import nbformat
-    cell = nbformat.v4.new_code_cell(exercises.kernel_source(ex, parent.nb))
+    cell = nbformat.v4.new_code_cell(exercises.kernel_source(parent.path, ex.name))
     return type(after).from_parent(parent, name=f"exercise {ex.name}", cell_num=after.cell_num,
                                    cell=cell, options=copy.copy(after.options))
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist turns the group mark into the node id
+@pytest.hookimpl(wrapper=True)   # before other plugins see the items (-k, -m)
 def pytest_collection_modifyitems(session, config, items):
     out, by_file = [], {}
     for item in items:
@@ -103,10 +103,10 @@ def pytest_collection_modifyitems(session, config, items):
     for item in out:
         if _is_notebook_item(item):
             item.add_marker(pytest.mark.notebook)
-            item.add_marker(pytest.mark.xdist_group(item.parent.nodeid))
             if hasattr(item, "output_timeout"):
                 item.output_timeout = 60      # nbval waits 5 s for outputs; a loaded CI machine can be slower
     items[:] = out
+    return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
