@@ -57,6 +57,9 @@ class _Budget(pytest.Item):
         assert seconds <= SMOKE_BUDGET_S, (
             f"{self.parent.name} took {seconds:.1f} s in smoke mode (budget {SMOKE_BUDGET_S} s)")
 
+    def repr_failure(self, excinfo):
+        return str(excinfo.value)
+
     def reportinfo(self):
         return self.path, None, f"{self.parent.nodeid}::smoke budget"
 
