@@ -49,8 +49,10 @@ nbformat.write(nb, path)
 
 def _as(user: str, home: Path, args: list[str], cwd: Path, env: dict | None = None, check: bool = True):
     """Run ``args`` as ``user`` (runuser), with that user's HOME, USER and LOGNAME."""
+    # this checkout's course_lib, where PYTHONPATH names it
+    env = dict(env or {}, **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ})
     cmd = ["runuser", "-u", user, "--", "env", f"HOME={home}", f"USER={user}", f"LOGNAME={user}",
-           f"PATH={BIN}:/usr/bin:/bin", *(f"{k}={v}" for k, v in (env or {}).items()), *args]
+           f"PATH={BIN}:/usr/bin:/bin", *(f"{k}={v}" for k, v in env.items()), *args]
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     if check:
         assert out.returncode == 0, f"{' '.join(args)} as {user} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
