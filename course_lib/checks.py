@@ -19,6 +19,7 @@ notebook that later replaces ``torch.allclose`` or ``torch.isfinite`` does not c
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckResult", "CheckFailure", "ReferenceCalled", "RemoteCallable", "compare_outputs",
-           "check", "call_forbidding", "call_answer"]
+           "check", "call_forbidding", "call_answer", "recorded_checks"]
 
 # Captured at import: later monkeypatching of these names cannot change a comparison.
 _Tensor = torch.Tensor
@@ -192,6 +193,21 @@ def call_answer(fn: Callable, args: tuple, forbid: tuple) -> Any:
 
 
 # ----------------------------------------------------------------------------- check
+_RECORDERS: list[list[CheckResult]] = []
+
+
+@contextmanager
+def recorded_checks() -> Iterator[list[CheckResult]]:
+    """The result of every :func:`check` run inside the block, in order (the test suite tries
+    each notebook exercise with its stub and with its solution this way)."""
+    results: list[CheckResult] = []
+    _RECORDERS.append(results)
+    try:
+        yield results
+    finally:
+        _RECORDERS.remove(results)
+
+
 def trial_inputs(reference: Callable, make_inputs: Callable[[torch.Generator], tuple], trials: int,
                  seed: int) -> Iterator[tuple[tuple, Any]]:
     """``(args, reference(*args))`` for ``trials`` inputs drawn by ``make_inputs`` from one seeded generator.
@@ -236,6 +252,8 @@ def check(fn: Callable, reference: Callable, make_inputs: Callable[[torch.Genera
         if msg:
             result = CheckResult(False, f"❌ {name}{_describe_inputs(args)}: {msg}")
             break
+    for results in _RECORDERS:
+        results.append(result)
     if verbose:
         print(result.message)
     if raise_on_fail and not result.passed:
