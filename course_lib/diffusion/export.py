@@ -111,13 +111,13 @@ class CourseTextEncoderModel(ModelMixin, ConfigMixin):
         return self.net.encode_tokens(tokens)
 
 
+_PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction"}          # course name -> diffusers name
+
+
 def ddim_scheduler(schedule: NoiseSchedule, prediction: str = "eps") -> DDIMScheduler:
     """`diffusers`' DDIM set up to equal the course's ``ddim_step`` (our betas, trailing steps, no
     clipping); ``prediction`` "v" sets its ``prediction_type="v_prediction"``."""
     return diffusers_scheduler("ddim", schedule, clip_sample=False, prediction_type=_PREDICTION_TYPE[prediction])
-
-
-_PREDICTION_TYPE = {"eps": "epsilon", "v": "v_prediction"}          # course name -> diffusers name
 
 
 # ----------------------------------------------------------------------------- the pipeline
