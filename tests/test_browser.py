@@ -151,8 +151,15 @@ def test_start_here_and_a_slider_notebook_in_jupyterlab(lab, browser):
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
 
     def picture():
-        images = box.find_elements(By.CSS_SELECTOR, ".widget-output img")
-        return images[0].get_attribute("src") if images else None
+        # the output is redrawn while the slider moves: an element found a moment ago may be gone
+        from selenium.common.exceptions import StaleElementReferenceException
+        try:
+            handle = browser.find_elements(By.CSS_SELECTOR, ".widget-hslider .noUi-handle")[0]
+            vbox = handle.find_element(By.XPATH, "./ancestor::div[contains(@class, 'widget-vbox')][1]")
+            images = vbox.find_elements(By.CSS_SELECTOR, ".widget-output img")
+            return images[0].get_attribute("src") if images else None
+        except (StaleElementReferenceException, IndexError):
+            return None
     before = _wait("the slider's picture", 30, picture)
     browser.save_screenshot(str(shots / "slider_before.png"))
     sliders[0].click()
