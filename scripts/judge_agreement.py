@@ -50,8 +50,12 @@ def agreement(folder: Path, judge: str = "shapes", bars: tuple[float, ...] = (0.
         for key, value in table[part].items():
             out[f"{part}_{key}"] = value
 
-    captions = [meta[i]["caption"] for i in ids]
-    verdicts = shapes_eval_verdicts(x, captions, judge=judge)   # at the judge's own min_confidence
+    # ShapesEval reads grammar captions only (05's "a red circle" prompts name no position)
+    graded = [k for k, i in enumerate(ids) if parse_caption(meta[i]["caption"]) is not None]
+    captions = [meta[ids[k]]["caption"] for k in graded]
+    rows = [rows[k] for k in graded]
+    verdicts = shapes_eval_verdicts(x[graded], captions, judge=judge)   # at the judge's own min_confidence
+    out["shapes_eval_n"] = len(graded)
     person, person_clean, machine = [], [], []
     for row, cap, v in zip(rows, captions, verdicts):
         asked = parse_caption(cap)

@@ -132,3 +132,13 @@ def test_v_prediction_model_exports_and_agrees(tmp_path):
                                            generator=torch.Generator().manual_seed(0))).abs().max() > 1e-2
     with pytest.raises(ValueError, match="epsilon"):
         model.generate(PROMPTS, steps=5, sampler=reloaded.scheduler)
+
+
+def test_eta_one_pipeline_equals_course_ddim_eta_one(exported):
+    model, pipe, _ = exported
+    ours = model.generate(PROMPTS, guidance_scale=2.0, steps=5, eta=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(run(pipe, eta=1.0), ours, atol=2e-4, rtol=0)   # same noise, drawn in the same order
+    assert (run(pipe, eta=1.0) - run(pipe)).abs().max() > 1e-2                # eta changes the samples
+    from course_lib.diffusion.schedulers import SchedulerRule
+    with pytest.raises(ValueError, match="eta"):
+        SchedulerRule(DPMSolverMultistepScheduler.from_config(pipe.scheduler.config), 5, eta=1.0)

@@ -40,10 +40,12 @@ from course_lib.models.autoencoder import LatentAutoencoder
 from course_lib.models.clip import TextEncoder
 from course_lib.models.unet import UNet
 
-__all__ = ["CourseUNetModel", "CourseAutoencoderModel", "CourseTextEncoderModel",
+__all__ = ["BASE_MODEL_DIR", "CourseUNetModel", "CourseAutoencoderModel", "CourseTextEncoderModel",
            "CourseTextToImagePipeline", "ddim_scheduler", "pipeline_from_model", "export_pipeline",
            "model_from_pipeline"]
 
+BASE_MODEL_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_sd"
+"""The course's base text-to-image model (one and two objects), made by scripts/train_base_model.py."""
 
 # ----------------------------------------------------------------------------- the components
 class CourseUNetModel(ModelMixin, ConfigMixin):
@@ -139,12 +141,13 @@ class CourseTextToImagePipeline(DiffusionPipeline):
     def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
                  guidance_scale: float = 3.0, num_inference_steps: int = 20,
                  generator: torch.Generator | None = None, num_images_per_prompt: int = 1,
-                 image_size: int = 32, output_type: str = "pil", return_dict: bool = True):
+                 image_size: int = 32, output_type: str = "pil", return_dict: bool = True, eta: float = 0.0):
         """Images for ``prompt`` (one string or a list).
 
         guidance: eps = eps_neg + s (eps_text - eps_neg), eps_neg from ``negative_prompt`` (the
         empty caption when None); s = guidance_scale (1: no guidance). The starting noise is drawn
         on the CPU from ``generator``, so a seed gives the same images on any device.
+        eta: DDIM's noise level (0: deterministic, 1: fresh noise at every step), as in `diffusers`' pipelines.
         output_type: "pt" (tensor (B, 3, S, S) in [0, 1]), "np" ((B, S, S, 3)) or "pil".
         """
         if output_type not in ("pt", "np", "pil"):
@@ -166,7 +169,8 @@ class CourseTextToImagePipeline(DiffusionPipeline):
         # the loop every diffusers pipeline runs, with eps = eps_neg + s (eps_text - eps_neg)
         guided = ClassifierFreeGuidance(self.unet, cond, uncond, guidance_scale)
         latents = sample_with_scheduler(guided, self.scheduler, shape, num_inference_steps, generator=generator,
-                                        device=device)
+                                        device=device, eta=eta,
+                                        progress=not getattr(self, "_progress_bar_config", {}).get("disable", False))
 
         images = self.vae.decode(latents / self.vae.config.scaling_factor)      # x = decode(z / scale)
         images = to_image_range(images)                                        # [-1, 1] -> [0, 1]

@@ -54,11 +54,15 @@ class SchedulerRule:
     ``set_timesteps`` again, which clears a multistep solver's history, so a rule can be reused.
     """
 
-    def __init__(self, scheduler, steps: int):
+    def __init__(self, scheduler, steps: int, eta: float = 0.0):
         self.scheduler, self.steps = scheduler, steps
         scheduler.set_timesteps(steps)
         self.timesteps = scheduler.timesteps
-        self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+        takes = inspect.signature(scheduler.step).parameters
+        if eta and "eta" not in takes:
+            raise ValueError(f"{type(scheduler).__name__} has no eta (DDIM's noise level); use eta=0")
+        self._extra = {"eta": eta} if eta else {}
+        self._takes_generator = "generator" in takes
 
     def start(self, x_T: Tensor) -> Tensor:
         self.scheduler.set_timesteps(self.steps)
@@ -74,13 +78,16 @@ class SchedulerRule:
 
     def step(self, eps: Tensor, x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
         extra = {"generator": generator} if self._takes_generator else {}
-        return self.scheduler.step(eps, self.timesteps[i], x, **extra).prev_sample
+        return self.scheduler.step(eps, self.timesteps[i], x, **extra, **self._extra).prev_sample
 
 
 def sample_with_scheduler(fn: Callable, scheduler, shape: tuple[int, ...], steps: int,
-                          generator: torch.Generator | None = None, device=None, progress: bool = True) -> Tensor:
+                          generator: torch.Generator | None = None, device=None, progress: bool = True,
+                          eta: float = 0.0) -> Tensor:
     """Sample (B, C, H, W) in [-1, 1] with a `diffusers` scheduler: ``solver.sample`` with a :class:`SchedulerRule`.
 
     fn(x, t) -> eps: the network, or a wrapped one (e.g. ``guidance.ClassifierFreeGuidance``).
+    eta: DDIM's noise level (0: deterministic; 1: as much fresh noise as DDPM), for schedulers that have one.
     """
-    return sample(fn, shape, SchedulerRule(scheduler, steps), generator=generator, device=device, progress=progress)
+    return sample(fn, shape, SchedulerRule(scheduler, steps, eta), generator=generator, device=device,
+                  progress=progress)

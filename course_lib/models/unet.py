@@ -159,6 +159,7 @@ class UNet(nn.Module):
         self.mid1 = ResBlock(ch, ch, temb_dim, dropout)
         self.mid_attn = Attention(ch, num_heads, context_dim)
         self.mid2 = ResBlock(ch, ch, temb_dim, dropout)
+        self.skip_channels, self.mid_channels = tuple(chans), ch      # what encode() hands the way up
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(mults))):
             for _ in range(num_res_blocks + 1):
@@ -197,14 +198,20 @@ class UNet(nn.Module):
                                               else "was built without context_dim: it takes no text"))
         return t
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
-        """x: (B, C, H, W); t: (B,) steps; y: (B,) labels; context: (B, L, D); mask: (B, L) -> (B, C_out, H, W)."""
+    def encode(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+               context_mask: Tensor | None = None, hint: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+        """The way down and the middle block -> (h (B, mid_channels, h, w), skips, temb).
+
+        skips: one (B, skip_channels[i], ., .) tensor per entry of ``skip_channels``; temb (B, 4 base).
+        hint: (B, base, H, W), added to the first convolution's output (ControlNet's control image).
+        """
         t = self._check(x, t, y, context)
         temb = self.time_mlp(timestep_embedding(t, self.base))
         if self.label_emb is not None:
             temb = temb + self.label_emb(y.long())
         h = self.conv_in(x)
+        if hint is not None:
+            h = h + hint
         skips = [h]
         for block in self.down:
             if isinstance(block, nn.ModuleList):
@@ -215,7 +222,12 @@ class UNet(nn.Module):
             else:
                 h = block(h)
             skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, temb), context, context_mask), temb)
+        return self.mid2(self.mid_attn(self.mid1(h, temb), context, context_mask), temb), skips, temb
+
+    def decode(self, h: Tensor, skips: list[Tensor], temb: Tensor, context: Tensor | None = None,
+               context_mask: Tensor | None = None) -> Tensor:
+        """The way up, reading the skips from the last to the first -> (B, out_ch, H, W)."""
+        skips = list(skips)
         for block in self.up:
             if isinstance(block, nn.ModuleList):
                 res, att = block
@@ -225,6 +237,23 @@ class UNet(nn.Module):
             else:
                 h = block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None, down_residuals: list[Tensor] | None = None,
+                mid_residual: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W); t: (B,) steps; y: (B,) labels; context: (B, L, D); mask: (B, L) -> (B, C_out, H, W).
+
+        down_residuals / mid_residual: added to the skips and to the middle block's output before the
+        way up (what a ControlNet hands in; the names of `diffusers`' ``down_block_additional_residuals``).
+        """
+        h, skips, temb = self.encode(x, t, y, context, context_mask)
+        if down_residuals is not None:
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"{len(down_residuals)} down_residuals for {len(skips)} skips")
+            skips = [s + r for s, r in zip(skips, down_residuals)]
+        if mid_residual is not None:
+            h = h + mid_residual
+        return self.decode(h, skips, temb, context, context_mask)
 
 
 def count_parameters(model: nn.Module) -> int:
