@@ -7,7 +7,8 @@ from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.text2image import TextToImage, make_tokenizer
 from course_lib.models.autoencoder import LatentAutoencoder
 from course_lib.models.clip import TextEncoder
-from course_lib.models.controlnet import ControlledUNet, ControlNet, controlled_generate, zero_conv
+from course_lib.diffusion.text2image import controlled_generate
+from course_lib.models.controlnet import ControlledUNet, ControlNet, zero_conv
 from course_lib.models.unet import UNet
 
 

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import zlib
 from typing import Sequence
 
 import torch
@@ -31,19 +32,34 @@ from course_lib.diffusion.schedulers import SchedulerRule
 from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.autoencoder import LatentAutoencoder
 from course_lib.models.clip import TextEncoder
+from course_lib.models.controlnet import ControlledUNet, ControlNet
 from course_lib.models.unet import UNet
 
-__all__ = ["PLACEHOLDER", "ATTRS", "make_tokenizer", "partial_caption", "training_captions",
-           "TextToImage", "word_attention_maps"]
+__all__ = ["PLACEHOLDER", "ATTRS", "RESERVED_WORDS", "make_tokenizer", "is_held_out", "partial_caption",
+           "training_captions", "TextToImage", "word_attention_maps", "controlled_generate"]
 
 PLACEHOLDER = "shape"          # stands in for the shape's kind in a partial caption: "a red shape"
 ATTRS = ("shape", "colour", "size", "position")   # the columns of the (N, 4) attribute tables below
-_COLOUR_NAMES = tuple(COLOURS)
+RESERVED_WORDS = ("sks", "zwx", "qlt", "vyr")     # in the base model's vocabulary, never in its training
+_COLOUR_NAMES = tuple(COLOURS)                   # captions: identifiers for DreamBooth to bind to a new subject
 
 
-def make_tokenizer(context_length: int = 12) -> CaptionTokenizer:
-    """The caption tokenizer with one extra word, PLACEHOLDER. 12 tokens fit every one-object caption."""
-    return CaptionTokenizer(extra_words=(PLACEHOLDER,), context_length=context_length)
+def make_tokenizer(context_length: int = 12, reserved: Sequence[str] = ()) -> CaptionTokenizer:
+    """The caption tokenizer with PLACEHOLDER and the ``reserved`` words (e.g. RESERVED_WORDS) added.
+
+    12 tokens fit every one-object caption and every two-object one ("a small blue square left of
+    a large green triangle" is 10 words + <bos> + <eos>).
+    """
+    return CaptionTokenizer(extra_words=(PLACEHOLDER, *reserved), context_length=context_length)
+
+
+def is_held_out(caption: str, every: int = 10) -> bool:
+    """True for about one caption in ``every``: the captions the course's base model never trained on.
+
+    A fixed rule of the text alone (CRC-32 of the caption, modulo ``every``), so every notebook and
+    script draws the same split without a file: 53 of the 540 one-object captions are held out.
+    """
+    return zlib.crc32(" ".join(caption.split()).encode()) % every == 0
 
 
 def partial_caption(shape: int, colour: int, size: int, position: int,
@@ -234,3 +250,28 @@ def word_attention_maps(model: TextToImage, prompt: str, latents: Tensor, t: int
     avg = torch.stack(maps).mean(0)                                   # (T, S, S)
     word_maps = avg[1:1 + len(words)]                                  # skip <bos>; stop before <eos>
     return words, (word_maps / word_maps.sum(dim=(1, 2), keepdim=True)).cpu()
+
+
+@torch.no_grad()
+def controlled_generate(model: TextToImage, controlnet: ControlNet, prompts: Sequence[str], control: Tensor, *,
+                        guidance_scale: float = 2.0, steps: int = 20, eta: float = 1.0, scale: float = 1.0,
+                        generator: torch.Generator | None = None, image_size: int = 32) -> Tensor:
+    """Images (B, 3, S, S) in [0, 1], CPU, from a TextToImage ``model`` steered by a ControlNet (Phase 4 · 08).
+
+    control: (B, k, S, S) control images (one per prompt). Sampling as ``TextToImage.generate``
+    (DDIM with ``eta``, classifier-free guidance on the empty caption), the control in both halves.
+    """
+    prompts = list(prompts)
+    if len(control) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(control)} control images")
+    cond, uncond = model._conditions(prompts, None, None)
+    c = control.to(model.device)
+    fn = ClassifierFreeGuidance(ControlledUNet(model.unet, controlnet, scale), {**cond, "control": c},
+                                {**uncond, "control": c}, guidance_scale)
+    if model.prediction == "v":                       # the step rule wants eps
+        fn = EpsFromV(fn, model.schedule)
+    z = sample(fn, (len(prompts), *model.latent_shape(image_size)), DDIMRule(model.schedule, steps, eta=eta,
+                                                                             clip_x0=False),
+               generator=generator, device=model.device, progress=False)
+    return model.decode_latents(z)
+

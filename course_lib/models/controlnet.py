@@ -15,20 +15,19 @@ text-to-image U-Net with a control image (a mask, an edge map), Phase 4b.
 
 `diffusers` names: ``ControlNetModel`` (our :class:`ControlNet`), its ``controlnet_cond`` (our
 ``control``), ``down_block_additional_residuals`` / ``mid_block_additional_residual`` (our U-Net's
-``down_residuals`` / ``mid_residual``), ``controlnet_conditioning_scale`` (our ``scale``).
+``down_residuals`` / ``mid_residual``), ``controlnet_conditioning_scale`` (our ``scale``). Sampling with
+a control: ``course_lib.diffusion.text2image.controlled_generate``.
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from course_lib.models.unet import UNet
 
-__all__ = ["zero_conv", "HintEncoder", "ControlNet", "ControlledUNet", "controlled_generate"]
+__all__ = ["zero_conv", "HintEncoder", "ControlNet", "ControlledUNet"]
 
 
 def zero_conv(channels: int, zero: bool = True) -> nn.Conv2d:
@@ -119,32 +118,3 @@ class ControlledUNet(nn.Module):
         down, mid = self.controlnet(x, t, control.to(x), context, context_mask)
         return self.unet(x, t, context=context, context_mask=context_mask,
                          down_residuals=[self.scale * d for d in down], mid_residual=self.scale * mid)
-
-
-@torch.no_grad()
-def controlled_generate(model, controlnet: ControlNet, prompts: Sequence[str], control: Tensor, *,
-                        guidance_scale: float = 2.0, steps: int = 20, eta: float = 1.0, scale: float = 1.0,
-                        generator: torch.Generator | None = None, image_size: int = 32) -> Tensor:
-    """Images (B, 3, S, S) in [0, 1], CPU, from a TextToImage ``model`` steered by ``controlnet``.
-
-    control: (B, k, S, S) control images (one per prompt). Sampling as ``TextToImage.generate``
-    (DDIM with ``eta``, classifier-free guidance on the empty caption), the control in both halves.
-    """
-    from course_lib.diffusion.guidance import ClassifierFreeGuidance
-    from course_lib.diffusion.objectives import EpsFromV
-    from course_lib.diffusion.solver import DDIMRule, sample
-
-    prompts = list(prompts)
-    if len(control) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(control)} control images")
-    cond, uncond = model._conditions(prompts, None, None)
-    c = control.to(model.device)
-    fn = ClassifierFreeGuidance(ControlledUNet(model.unet, controlnet, scale), {**cond, "control": c},
-                                {**uncond, "control": c}, guidance_scale)
-    if model.prediction == "v":                       # the step rule wants eps
-        fn = EpsFromV(fn, model.schedule)
-    z = sample(fn, (len(prompts), *model.latent_shape(image_size)), DDIMRule(model.schedule, steps, eta=eta,
-                                                                             clip_x0=False),
-               generator=generator, device=model.device, progress=False)
-    return model.decode_latents(z)
-
