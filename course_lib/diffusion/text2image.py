@@ -40,8 +40,9 @@ __all__ = ["PLACEHOLDER", "ATTRS", "RESERVED_WORDS", "make_tokenizer", "is_held_
 
 PLACEHOLDER = "shape"          # stands in for the shape's kind in a partial caption: "a red shape"
 ATTRS = ("shape", "colour", "size", "position")   # the columns of the (N, 4) attribute tables below
-RESERVED_WORDS = ("sks", "zwx", "qlt", "vyr")     # in the base model's vocabulary, never in its training
-_COLOUR_NAMES = tuple(COLOURS)                   # captions: identifiers for DreamBooth to bind to a new subject
+# words in the base model's vocabulary that no training caption contains: identifiers for DreamBooth
+RESERVED_WORDS = ("sks", "zwx", "qlt", "vyr")
+_COLOUR_NAMES = tuple(COLOURS)
 
 
 def make_tokenizer(context_length: int = 12, reserved: Sequence[str] = ()) -> CaptionTokenizer:
