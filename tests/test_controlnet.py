@@ -3,25 +3,13 @@ import pytest
 import torch
 
 from course_lib.diffusion.ddpm import ddpm_loss
-from course_lib.diffusion.schedule import NoiseSchedule
-from course_lib.diffusion.text2image import TextToImage, make_tokenizer
-from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.models.clip import TextEncoder
 from course_lib.diffusion.text2image import controlled_generate
 from course_lib.models.controlnet import ControlledUNet, ControlNet, zero_conv
-from course_lib.models.unet import UNet
+from tiny_models import tiny_text_to_image
 
 
 def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    tok = make_tokenizer()
-    te = TextEncoder(tok.vocab_size, tok.context_length, dim=16, depth=1, num_heads=2, embed_dim=16)
-    unet = UNet(4, base=16, mults=(1, 2), attn_levels=(1,), context_dim=16, num_heads=2)
-    ae = LatentAutoencoder(3, 4, width=8, levels=1)
-    model = TextToImage(tok, te, unet, ae, NoiseSchedule.make("linear", 100), latent_scale=1.5)
-    for p in model.parameters():   # wake the zero-initialised layers of the base
-        p.data.add_(torch.randn_like(p) * 0.05)
-    return model.eval().requires_grad_(False)
+    return tiny_text_to_image(seed, levels=1, latent_scale=1.5).requires_grad_(False)
 
 
 def inputs(model, n=3, seed=0):

@@ -9,26 +9,10 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from course_lib.diffusion.export import (CourseTextToImagePipeline, export_pipeline, model_from_pipeline,
                                          pipeline_from_model)
-from course_lib.diffusion.schedule import NoiseSchedule
-from course_lib.diffusion.text2image import TextToImage, make_tokenizer
-from course_lib.models.autoencoder import LatentAutoencoder
-from course_lib.models.clip import TextEncoder
-from course_lib.models.unet import UNet
+from tiny_models import tiny_text_to_image as tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers
 PROMPTS = ["a large red circle at the top", "a small blue square at the bottom left"]
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    tok = make_tokenizer()
-    te = TextEncoder(tok.vocab_size, tok.context_length, dim=16, depth=1, num_heads=2, embed_dim=16)
-    unet = UNet(4, base=16, mults=(1, 2), attn_levels=(1,), context_dim=16, num_heads=2)
-    ae = LatentAutoencoder(3, 4, width=8, levels=2)
-    model = TextToImage(tok, te, unet, ae, NoiseSchedule.make("linear", 100), latent_scale=1.7)
-    for p in model.parameters():   # wake the zero-initialised layers: every weight must change the samples
-        p.data.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def run(pipe, seed=0, steps=5, **kw):

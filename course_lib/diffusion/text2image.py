@@ -192,7 +192,8 @@ class TextToImage(nn.Module):
     def generate(self, prompt: str | Sequence[str], *, negative_prompt: str | Sequence[str] | None = None,
                  guidance_scale: float = 3.0, steps: int = 20, num_images: int | None = None,
                  image_size: int = 32, generator: torch.Generator | None = None, sampler=None,
-                 eta: float = 0.0, return_latents: bool = False) -> Tensor:
+                 eta: float = 0.0, return_latents: bool = False, unet: nn.Module | None = None,
+                 extra_inputs: dict | None = None) -> Tensor:
         """Images (B, 3, S, S) in [0, 1] on the CPU for B prompts (or ``num_images`` copies of one prompt);
         with ``return_latents=True`` the scaled latents (B, c, s, s), on the CPU too.
 
@@ -201,10 +202,15 @@ class TextToImage(nn.Module):
         (no clipping) with ``steps`` steps and ``eta`` (0: deterministic; 1: fresh noise at every
         step, as much as DDPM's); ``sampler`` may instead be a `diffusers` scheduler (run for
         ``steps`` steps, see ``course_lib.diffusion.schedulers``) or any step rule.
+        ``unet`` samples with another network in place of the model's U-Net (e.g. a ``ControlledUNet``),
+        ``extra_inputs`` are more keyword inputs for it, the same in both halves of guidance
+        (e.g. ``{"control": control}``).
         """
         was_training = self.training
         self.eval()
         cond, uncond = self._conditions(prompt, negative_prompt, num_images)
+        if extra_inputs:
+            cond, uncond = {**cond, **extra_inputs}, {**uncond, **extra_inputs}
         shape = (cond["context"].shape[0], *self.latent_shape(image_size))
         if sampler is None:
             rule = DDIMRule(self.schedule, steps, eta=eta, clip_x0=False)
@@ -212,7 +218,7 @@ class TextToImage(nn.Module):
             raise ValueError("generate hands the sampler eps: give it a scheduler with prediction_type='epsilon'")
         else:
             rule = sampler if hasattr(sampler, "t_at") else SchedulerRule(sampler, steps)
-        guided = ClassifierFreeGuidance(self.unet, cond, uncond, guidance_scale)
+        guided = ClassifierFreeGuidance(self.unet if unet is None else unet, cond, uncond, guidance_scale)
         if self.prediction == "v":                 # guidance mixes v's; the step rules want eps
             guided = EpsFromV(guided, self.schedule)
         z = sample(guided, shape, rule, generator=generator, device=self.device, progress=False)
@@ -253,26 +259,17 @@ def word_attention_maps(model: TextToImage, prompt: str, latents: Tensor, t: int
     return words, (word_maps / word_maps.sum(dim=(1, 2), keepdim=True)).cpu()
 
 
-@torch.no_grad()
 def controlled_generate(model: TextToImage, controlnet: ControlNet, prompts: Sequence[str], control: Tensor, *,
                         guidance_scale: float = 2.0, steps: int = 20, eta: float = 1.0, scale: float = 1.0,
                         generator: torch.Generator | None = None, image_size: int = 32) -> Tensor:
     """Images (B, 3, S, S) in [0, 1], CPU, from a TextToImage ``model`` steered by a ControlNet (Phase 4 · 08).
 
-    control: (B, k, S, S) control images (one per prompt). Sampling as ``TextToImage.generate``
-    (DDIM with ``eta``, classifier-free guidance on the empty caption), the control in both halves.
+    control: (B, k, S, S) control images (one per prompt), in both halves of guidance; ``scale`` is
+    the control strength. Sampling as ``model.generate`` (DDIM with ``eta``, guidance on the empty caption).
     """
     prompts = list(prompts)
     if len(control) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(control)} control images")
-    cond, uncond = model._conditions(prompts, None, None)
-    c = control.to(model.device)
-    fn = ClassifierFreeGuidance(ControlledUNet(model.unet, controlnet, scale), {**cond, "control": c},
-                                {**uncond, "control": c}, guidance_scale)
-    if model.prediction == "v":                       # the step rule wants eps
-        fn = EpsFromV(fn, model.schedule)
-    z = sample(fn, (len(prompts), *model.latent_shape(image_size)), DDIMRule(model.schedule, steps, eta=eta,
-                                                                             clip_x0=False),
-               generator=generator, device=model.device, progress=False)
-    return model.decode_latents(z)
-
+    return model.generate(prompts, guidance_scale=guidance_scale, steps=steps, eta=eta, generator=generator,
+                          image_size=image_size, unet=ControlledUNet(model.unet, controlnet, scale),
+                          extra_inputs={"control": control.to(model.device)})

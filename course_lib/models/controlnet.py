@@ -89,7 +89,6 @@ class ControlNet(nn.Module):
         self.hint = HintEncoder(control_ch, unet.base, downsample, zero=zero_init)
         self.zero_convs = nn.ModuleList(zero_conv(c, zero_init) for c in unet.skip_channels)
         self.zero_mid = zero_conv(unet.mid_channels, zero_init)
-        self.config = dict(control_ch=control_ch, downsample=downsample, zero_init=zero_init)
 
     def forward(self, z_t: Tensor, t: Tensor, control: Tensor, context: Tensor | None = None,
                 context_mask: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
