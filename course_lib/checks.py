@@ -117,7 +117,7 @@ def _compare_tensors(g, w, atol: float, rtol: float, where: str, exact_dtype: bo
 def compare_outputs(got: Any, want: Any, atol: float = 1e-5, rtol: float = 1e-4,
                     where: str = "output", exact_dtype: bool = False) -> str | None:
     """``None`` when ``got`` matches ``want``, else a sentence saying how they differ.
-    Handles tensors, arrays, numbers and (nested) tuples/lists/dicts of them.
+    Handles tensors, arrays, numbers, texts and (nested) tuples/lists/dicts of them.
     ``exact_dtype=True`` also requires the same dtype (float32 is not float64)."""
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(got) != set(want):
@@ -139,6 +139,10 @@ def compare_outputs(got: Any, want: Any, atol: float = 1e-5, rtol: float = 1e-4,
         return None
     if got is None:
         return f"{where} is None: did you forget to `return` it?"
+    if isinstance(want, str):                      # a fact in words (what a random tensor is)
+        return None if got == want else f"{where} is {got!r}, expected {want!r}"
+    if isinstance(got, str):
+        return f"{where} should be a {type(want).__name__}, got the text {got[:40]!r}"
     g, w = _as_tensor(got), _as_tensor(want)
     if isinstance(w, _Tensor) and not isinstance(g, _Tensor):
         return f"{where} should be a torch.Tensor, got {type(got).__name__}"

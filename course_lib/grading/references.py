@@ -20,12 +20,12 @@ import sys
 from types import FunctionType, ModuleType
 from typing import Callable, Iterable
 
-from course_lib.grading import a1, a2, a3, a4, a5, a6, a7
+from course_lib.grading import a1, a2, a3, a4, a5, a6, a7, a8
 
 __all__ = ["ASSIGNMENT_CHECKS", "all_references", "of_namespace", "name_of", "resolve",
            "module_names", "source_files", "disable", "AUDIT_EVENT"]
 
-ASSIGNMENT_CHECKS: tuple[ModuleType, ...] = (a1, a2, a3, a4, a5, a6, a7)
+ASSIGNMENT_CHECKS: tuple[ModuleType, ...] = (a1, a2, a3, a4, a5, a6, a7, a8)
 AUDIT_EVENT = "course_grade.reference"
 
 
@@ -84,16 +84,24 @@ def source_files(refs: Iterable[Callable] | None = None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- in the job
-def _tripwire(name: str):
+def _tripwire(name: str, freevars: tuple[str, ...] = ()):
     """Code that records a call to ``name`` with an audit event, then raises. It can only
-    raise: whatever learner code did to the names it looks up, the ``raise`` ends it."""
+    raise: whatever learner code did to the names it looks up, the ``raise`` ends it.
+
+    ``freevars``: the free variables of the function it replaces (a method that calls
+    ``super()`` has one, ``__class__``). A function's code can only be swapped for code with
+    the same free variables, so the tripwire names them too, in code that never runs."""
     dotted = name.replace(":", ".")
-    source = ("def tripwire(*args, **kwargs):\n"
-              f"    __import__('sys').audit({AUDIT_EVENT!r}, {dotted!r})\n"
-              f"    raise __import__('course_lib.checks', fromlist=['x']).ReferenceCalled({dotted!r})\n")
+    keep = "".join(f"    {v} = None\n" for v in freevars)
+    touch = f"        if False:\n            ({', '.join(freevars)},)\n" if freevars else ""
+    source = ("def outer():\n" + keep
+              + "    def tripwire(*_args, **_kwargs):\n" + touch
+              + f"        __import__('sys').audit({AUDIT_EVENT!r}, {dotted!r})\n"
+              f"        raise __import__('course_lib.checks', fromlist=['x']).ReferenceCalled({dotted!r})\n"
+              "    return tripwire\n")
     ns: dict = {}
-    exec(compile(source, f"<{name.replace(':', '.')}: switched off while grading>", "exec"), ns)
-    return ns["tripwire"].__code__
+    exec(compile(source, f"<{dotted}: switched off while grading>", "exec"), ns)
+    return ns["outer"]().__code__
 
 
 def disable(names: Iterable[str]) -> list[str]:
@@ -103,10 +111,13 @@ def disable(names: Iterable[str]) -> list[str]:
     for name in names:
         try:
             fn = inspect.unwrap(resolve(name))
-            if not isinstance(fn, FunctionType) or fn.__code__.co_freevars:
-                raise TypeError(f"{type(fn).__name__} with free variables")
-            fn.__code__ = _tripwire(name).replace(co_name=fn.__code__.co_name,
-                                                  co_qualname=fn.__code__.co_qualname)
+            if not isinstance(fn, FunctionType):
+                raise TypeError(type(fn).__name__)
+            code = _tripwire(name, fn.__code__.co_freevars)
+            if code.co_freevars != fn.__code__.co_freevars:
+                raise TypeError(f"free variables {fn.__code__.co_freevars}")
+            fn.__code__ = code.replace(co_name=fn.__code__.co_name,
+                                       co_qualname=fn.__code__.co_qualname)
         except Exception:               # noqa: BLE001 (reported to the grader)
             failed.append(name)
     return failed

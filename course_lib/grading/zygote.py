@@ -43,8 +43,8 @@ PRELOAD = ("numpy", "torch", "IPython.core.interactiveshell", "IPython.core.disp
            "IPython.core.displaypub", "course_lib", "course_lib.checks", "course_lib.grading.a1",
            "course_lib.grading.a2", "course_lib.grading.a3", "course_lib.grading.a4",
            "course_lib.grading.a5", "course_lib.grading.a6", "course_lib.grading.a7",
-           "course_lib.grading.kernel", "course_lib.grading.references", "matplotlib",
-           "matplotlib.pyplot", "matplotlib_inline.backend_inline")
+           "course_lib.grading.a8", "course_lib.grading.kernel", "course_lib.grading.references",
+           "matplotlib", "matplotlib.pyplot", "matplotlib_inline.backend_inline")
 
 
 # ----------------------------------------------------------------------------- zygote side
