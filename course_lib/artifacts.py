@@ -10,9 +10,17 @@ which writes ``output_dir()/runs/<name>/<tag>/``:
 ``samples.safetensors``  the samples (one tensor, or a dict of tensors)
 ``samples.png``          a grid of the first 64 samples, when they are images
                          (``samples_<key>.png`` for a dict; ``.gif`` for videos)
-``metrics.json``         the metrics, a ``"run"`` block (name, tag, smoke, seed, device,
-                         torch version, time) and ``"extra"`` information, if any
+``metrics.json``         the metrics, the full-mode ``"targets"`` (if any), a ``"run"`` block
+                         (name, tag, smoke, seed, device, torch version, time) and
+                         ``"extra"`` information, if any
 =====================  ==============================================================
+
+A notebook states what full mode should reach beside the numbers it saves::
+
+    save_run("ddpm", metrics={"recognised": 0.914, "fid_ratio": 1.08}, cfg=cfg,
+             targets={"recognised": (">=", 0.90), "fid_ratio": ("<=", 3)})
+
+and ``check_targets(metrics, targets)`` says which are met (``course-results`` prints them).
 
 The tag defaults to ``smoke-seed0`` / ``full-seed0`` (from ``cfg``), so re-running a notebook
 with the same settings replaces its previous result while other seeds and modes sit beside
@@ -20,10 +28,13 @@ it. Later: ``load_run(name)``, ``list_runs()``, ``compare_runs()``.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import operator
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,9 +44,10 @@ import torch
 
 from course_lib.config import output_dir
 
-__all__ = ["save_run", "load_run", "list_runs", "compare_runs", "RunTable"]
+__all__ = ["save_run", "load_run", "list_runs", "compare_runs", "RunTable",
+           "check_targets", "TargetCheck", "TARGET_OPS"]
 
-_RESERVED = ("run", "extra")
+_RESERVED = ("run", "extra", "targets")
 _PREVIEW_COUNT = 64
 
 
@@ -100,6 +112,82 @@ def _run_block(name: str, tag: str, cfg: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# targets: what a notebook promises in full mode
+# ---------------------------------------------------------------------------------------------
+
+TARGET_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One declared target against the measured value, e.g. ``recognised 0.914 >= 0.9: met``."""
+
+    metric: str
+    op: str
+    target: Any
+    measured: Any
+    met: bool
+
+    def __str__(self) -> str:
+        return f"{self.metric} {_cell(self.measured)} {self.op} {_cell(self.target)}: " \
+               f"{'met' if self.met else 'MISSED'}"
+
+
+def _kind(value: Any) -> str:
+    """What a target may compare: "bool", "number", "string" (anything else: its type name)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+def _parse_target(metric: str, spec: Any, measured: Any) -> tuple[str, Any]:
+    """``spec`` = (op, value), checked against the ``measured`` value it will be compared with."""
+    if isinstance(spec, str) or not isinstance(spec, (tuple, list)) or len(spec) != 2:
+        raise ValueError(f"the target of {metric!r} must be a pair (op, value) such as ('>=', 0.9); got {spec!r}")
+    op, value = spec
+    if op not in TARGET_OPS:
+        raise ValueError(f"the target of {metric!r} has the unknown op {op!r}; use one of {', '.join(TARGET_OPS)}")
+    if op == "==":
+        if _kind(value) not in ("bool", "number", "string") or _kind(value) != _kind(measured):
+            raise ValueError(f"the target of {metric!r} (== {value!r}) compares a {_kind(value)} with the "
+                             f"metric's {_kind(measured)} {measured!r}")
+    elif _kind(value) != "number":
+        raise ValueError(f"the target of {metric!r} ({op} {value!r}) needs a number after {op!r}")
+    elif _kind(measured) != "number":
+        raise ValueError(f"the target of {metric!r} ({op} {value!r}) orders numbers, but the metric is "
+                         f"{measured!r}; compare it with '==' instead")
+    return op, value
+
+
+def check_targets(metrics: Mapping[str, Any], targets: Mapping[str, Any]) -> list[TargetCheck]:
+    """Which declared targets the measured metrics meet.
+
+    metrics: {name: measured value}, e.g. {"recognised": 0.914, "accuracy_rises": True}
+    targets: {name: (op, value)}, e.g. {"recognised": (">=", 0.90), "accuracy_rises": ("==", True)};
+             op is one of ``TARGET_OPS``: >=, <=, >, <, == (a JSON list [op, value] works too)
+    returns: [TargetCheck(metric, op, target, measured, met)], one per target, in its order.
+
+    Raises ValueError, naming the target, for an unknown op, a target naming a metric that is not
+    in ``metrics``, an ordering op on something that is not a number, or an == between kinds.
+    """
+    checks = []
+    for metric, spec in targets.items():
+        if metric not in metrics or metric in _RESERVED:
+            close = difflib.get_close_matches(str(metric), [k for k in metrics if k not in _RESERVED], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"a target names the metric {metric!r}, which is not among the metrics{hint} "
+                             f"(metrics: {sorted(k for k in metrics if k not in _RESERVED)})")
+        measured = metrics[metric]
+        op, value = _parse_target(metric, spec, measured)
+        checks.append(TargetCheck(metric, op, value, measured, bool(TARGET_OPS[op](measured, value))))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
 # samples
 # ---------------------------------------------------------------------------------------------
 
@@ -156,7 +244,8 @@ def _write_samples(folder: Path, samples: Any) -> None:
 
 def save_run(name: str, *, samples: Any = None, metrics: Mapping[str, Any] | None = None,
              cfg: Any = None, tag: str | None = None,
-             extra: Mapping[str, Any] | None = None) -> Path:
+             extra: Mapping[str, Any] | None = None,
+             targets: Mapping[str, tuple[str, Any]] | None = None) -> Path:
     """Save a notebook's results under ``output_dir()/runs/<name>/<tag>`` and return that folder.
 
     samples: a tensor or array (e.g. (N, C, H, W) images or (N, T, C, H, W) videos), or a
@@ -165,6 +254,9 @@ def save_run(name: str, *, samples: Any = None, metrics: Mapping[str, Any] | Non
          ("smoke-seed0", "full-seed1" ...; "default" without cfg).
     extra: more to keep: JSON-able values go into metrics.json under "extra"; matplotlib
            figures are saved as ``<key>.png``.
+    targets: what full mode should reach, {metric: (op, value)} with op one of >=, <=, >, <, ==,
+             e.g. {"recognised": (">=", 0.90)}; each must name one of ``metrics`` (checked
+             here, see :func:`check_targets`). Saved under "targets"; a smoke run keeps them too.
     A previous run with the same name and tag is replaced as a whole.
     """
     from matplotlib.figure import Figure
@@ -174,6 +266,9 @@ def save_run(name: str, *, samples: Any = None, metrics: Mapping[str, Any] | Non
     record = _jsonable(dict(metrics or {}), "metrics")
     if clash := [k for k in _RESERVED if k in record]:
         raise ValueError(f"metrics may not be called {clash}: metrics.json uses those keys itself")
+    if targets:
+        checks = check_targets(record, _jsonable(dict(targets), "targets"))
+        record["targets"] = {c.metric: [c.op, c.target] for c in checks}
     extra = dict(extra or {})
     figures = {k: v for k, v in extra.items() if isinstance(v, Figure)}
     for key in figures:
