@@ -32,14 +32,14 @@ from course_lib.data.real import (OFFLINE_ALTERNATIVE, REAL_DATASETS, DatasetUna
                                   write_cifar10_format, write_mnist_format, write_standin)
 from course_lib.data.shapes import (ATTR_KEYS, COLOURS, HALF_EXTENT, JITTER, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES,
                                     ShapesBatch, ShapesDataset, caption_for, cell_size, edge_map, grid_cell,
-                                    parse_caption, render_shapes, shape_coverage)
+                                    parse_caption, render_shapes, render_subject, shape_coverage)
 from course_lib.data.toys import TOYS, ToyDataset, sample_toy, sample_toy_labelled
 
 __all__ = [
     "DATASETS", "TEST_SEED_OFFSET", "load_dataset", "stack_images",
     "DigitsDataset", "DIGIT_SPLITS",
     "SHAPE_KINDS", "COLOURS", "SIZES", "POSITIONS", "RELATIONS", "ATTR_KEYS", "HALF_EXTENT",
-    "JITTER", "cell_size", "grid_cell", "ShapesBatch", "render_shapes", "shape_coverage", "edge_map",
+    "JITTER", "cell_size", "grid_cell", "ShapesBatch", "render_shapes", "render_subject", "shape_coverage", "edge_map",
     "caption_for", "parse_caption", "ShapesDataset",
     "DIRECTIONS", "MOVING_ATTR_KEYS", "MovingShapesBatch", "render_moving_shapes",
     "moving_caption_for", "parse_moving_caption", "MovingShapesDataset",

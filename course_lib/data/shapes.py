@@ -45,11 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["SHAPE_KINDS", "COLOURS", "SIZES", "POSITIONS", "RELATIONS", "ATTR_KEYS",
+__all__ = ["SHAPE_KINDS", "NOVEL_KINDS", "COLOURS", "SIZES", "POSITIONS", "RELATIONS", "ATTR_KEYS",
            "HALF_EXTENT", "JITTER", "cell_size", "ShapesBatch", "render_shapes", "shape_coverage",
-           "edge_map", "caption_for", "parse_caption", "ShapesDataset"]
+           "edge_map", "render_subject", "caption_for", "parse_caption", "ShapesDataset"]
 
 SHAPE_KINDS = ("circle", "square", "triangle", "cross", "diamond")
+NOVEL_KINDS = ("ring",)   # drawn by render_subject only: no caption of the grammar names them (DreamBooth)
 COLOURS = {  # name -> RGB in [0, 1]; hues far apart so they survive anti-aliasing
     "red": (0.95, 0.15, 0.15),
     "green": (0.15, 0.85, 0.2),
@@ -144,14 +145,16 @@ def _sdf(kind: str, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.
     if kind == "cross":                                               # two bars, 0.68 r thick
         w = 0.34 * r
         return torch.minimum(_box_sdf(x, y, r, w), _box_sdf(x, y, w, r))
-    raise ValueError(f"unknown shape kind {kind!r}; valid: {SHAPE_KINDS}")
+    if kind == "ring":                                                # | |p| - 0.75 r | - 0.25 r:
+        return (torch.hypot(x, y) - 0.75 * r).abs() - 0.25 * r       # radii r and r / 2
+    raise ValueError(f"unknown shape kind {kind!r}; valid: {SHAPE_KINDS + NOVEL_KINDS}")
 
 
 def shape_coverage(kinds: torch.Tensor, centers: torch.Tensor, half_extents: torch.Tensor,
                    size: int) -> torch.Tensor:
     """How much of each pixel each shape covers, anti-aliased analytically.
 
-    kinds: (N,) int64 index into SHAPE_KINDS; centers: (N, 2) pixel (x, y), where pixel
+    kinds: (N,) int64 index into SHAPE_KINDS + NOVEL_KINDS; centers: (N, 2) pixel (x, y), where pixel
     (i, j) spans [j, j+1] x [i, i+1]; half_extents: (N,) pixels. Returns (N, H, W) in [0, 1]:
     ``coverage = clamp(0.5 - sdf, 0, 1)``, the fraction of a pixel on the inside of an edge.
     The distances are only computed in a small window around each shape (the rest is 0).
@@ -169,7 +172,7 @@ def shape_coverage(kinds: torch.Tensor, centers: torch.Tensor, half_extents: tor
     x, y = torch.broadcast_tensors(x, y)                             # (N, side, side)
     r = half_extents.view(-1, 1, 1).float()
     sdf = torch.empty(n, side, side)
-    for k, kind in enumerate(SHAPE_KINDS):
+    for k, kind in enumerate(SHAPE_KINDS + NOVEL_KINDS):
         idx = (kinds == k).nonzero().squeeze(1)
         if len(idx):
             sdf[idx] = _sdf(kind, x[idx], y[idx], r[idx])
@@ -286,6 +289,38 @@ def render_shapes(n: int, size: int = 32, seed: int = 0, two_objects: float = 0.
     masks[two] = torch.maximum(masks[two], (cover >= 0.5).float())
     captions = [caption_for({key: int(v[i]) for key, v in attrs.items()}) for i in range(n)]
     return ShapesBatch(images, masks, edge_map(masks), attrs_t, captions, centers_t)
+
+
+def render_subject(positions, kind: str = "ring", colour: str = "magenta", size: str = "large",
+                   image_size: int = 32, seed: int = 0) -> ShapesBatch:
+    """One object per image, all of one ``kind`` (any of SHAPE_KINDS + NOVEL_KINDS), ``colour`` and
+    ``size``, in the grid cells ``positions`` (indices into POSITIONS, one image each), jittered
+    inside its cell as :func:`render_shapes` does. A DreamBooth subject's instance pictures.
+
+    ``attrs["shape"]`` indexes SHAPE_KINDS + NOVEL_KINDS (5 is "ring"); the captions describe the
+    picture in plain words ("a large magenta ring at the top left"), not always in the grammar.
+    """
+    kinds = SHAPE_KINDS + NOVEL_KINDS
+    if kind not in kinds or colour not in COLOURS or size not in SIZES:
+        raise ValueError(f"render_subject: kind in {kinds}, colour in {tuple(COLOURS)}, size in {SIZES}; "
+                         f"got {kind!r}, {colour!r}, {size!r}")
+    position = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if ((position < 0) | (position >= len(POSITIONS))).any():
+        raise ValueError(f"render_subject: positions are indices 0..8 into POSITIONS, got {list(position)}")
+    n = len(position)
+    _check_args(n, image_size, 0.0)
+    rng = np.random.default_rng(seed)
+    size_idx = np.full(n, SIZES.index(size))
+    attrs = {key: torch.full((n,), -1, dtype=torch.int64) for key in ATTR_KEYS}
+    attrs.update(shape=torch.full((n,), kinds.index(kind)), colour=torch.full((n,), list(COLOURS).index(colour)),
+                 size=torch.from_numpy(size_idx), position=torch.from_numpy(position))
+    centers = torch.full((n, 2, 2), float("nan"))
+    centers[:, 0] = torch.from_numpy(_centres(position, size_idx, np.full(n, -1), rng, image_size)).float()
+    cover = _coverage_of(attrs, centers, torch.arange(n), False, image_size)
+    images = _COLOUR_RGB[attrs["colour"]].view(n, 3, 1, 1) * cover
+    masks = (cover >= 0.5).float()
+    captions = [f"a {size} {colour} {kind} at the {POSITIONS[p]}" for p in position.tolist()]
+    return ShapesBatch(images, masks, edge_map(masks), attrs, captions, centers)
 
 
 # ----------------------------------------------------------------------------- captions
