@@ -250,6 +250,8 @@ CALIBRATED = dict(seed=0, train_seed=11, test_seed=2, n_train=9000, n_unreadable
                   max_degrees=6.0, max_shift=0.03, scale=(0.9, 1.1),
                   p_degrade=0.7, max_blur=1.2, max_noise=0.1, max_elastic=1.0,
                   p_texture=0.6, max_texture=0.5, contrast=(0.6, 1.15), channel_gain=0.15,
+                  eye_read_train=0,              # > 0: train on the eye-read even ids too, this many
+                                                 # copies of each (an experiment: the odd ids stay held out)
                   min_confidence=None,           # None: chosen on the eye-read set's even ids
                   min_confidence_grid=[0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98])
 # narrower (8..64 channels against 16..64) and deeper (two convs per stage), other seeds
@@ -462,6 +464,20 @@ def eye_read_even(judge) -> tuple[dict, list[dict]]:
     return judge_verdicts(judge, images[even]), [rows[i] for i in even]
 
 
+def eye_read_training(repeats: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The eye-read set's even ids as training data, ``repeats`` copies each: the person's shape
+    ("unreadable" is class 5), colour and position; size is ignored (-100), as for morphs."""
+    from course_lib.eval.agreement import read_eye_read
+    images, rows = read_eye_read()
+    even = [i for i, r in enumerate(rows) if int(r["id"]) % 2 == 0]
+    names = {"shape": (*SHAPE_KINDS, "unreadable"), "colour": tuple(COLOURS), "position": POSITIONS}
+    targets = {k: torch.tensor([v.index(rows[i][k]) if rows[i][k] in v else -100 for i in even])
+               for k, v in names.items()}
+    targets["size"] = torch.full((len(even),), -100)
+    x = images[even].float() / 255
+    return x.repeat(repeats, 1, 1, 1), {k: t.repeat(repeats) for k, t in targets.items()}
+
+
 def choose_min_confidence(judge, cfg: dict, real_images, real_targets) -> tuple[float, dict]:
     """The bar from cfg["min_confidence_grid"] with the best shape agreement on the eye-read
     set's EVEN ids, among the bars that keep real renders >= 99 % right (abstaining = wrong)."""
@@ -482,6 +498,12 @@ def train_shapes_calibrated(out: Path, cfg: dict = CALIBRATED, name: str = "shap
     seed_everything(cfg["seed"])
     images, targets = calibrated_data(cfg["n_train"], cfg["n_unreadable"], cfg["train_seed"], cfg,
                                       cfg["image_size"])
+    if cfg["eye_read_train"]:
+        if cfg["min_confidence"] is None:
+            raise ValueError("eye_read_train: give min_confidence (the even ids are trained on, so cannot choose it)")
+        extra, extra_targets = eye_read_training(cfg["eye_read_train"])
+        images = torch.cat([images, extra])
+        targets = {k: torch.cat([targets[k], extra_targets[k]]) for k in targets}
     test_set = render_shapes(cfg["n_test"], size=cfg["image_size"], seed=cfg["test_seed"])
     test_targets = {k: test_set.attrs[k] for k in ("shape", "colour", "size", "position")}
     uniform = cfg["unreadable"] == "uniform"
