@@ -7,7 +7,6 @@ takes <= 2 s on a CPU, and this whole module <= 30 s."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(1)
 
 from course_lib.app import EXAMPLE_PROMPT, build_app, generate_images, load_pipeline  # noqa: E402
+from headless import chrome, skip_without_browser  # noqa: E402
 
-CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-DRIVER = shutil.which("chromedriver")
 TWO = "a small blue square left of a large green triangle"
 _clock: dict[str, float] = {}
 
@@ -173,21 +171,9 @@ def test_client_bad_input_gets_the_message_not_a_traceback(client, args, words):
 # ----------------------------------------------------------------------------- the page, in a browser
 @pytest.fixture
 def browser(served):
-    if CHROMIUM is None or DRIVER is None:
-        pytest.skip("no browser: install Debian's chromium and chromium-driver (.ci/run does) to run this test")
-    pytest.importorskip("selenium", reason="selenium is not installed (it is in the dev extra)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-    try:
+    skip_without_browser()
+    with chrome() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_browser_type_a_prompt_generate_and_see_images(served, browser, tmp_path):

@@ -17,11 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from headless import chrome, skip_without_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDER_NOTEBOOK = "1_foundations/01_python_numpy.ipynb"   # viz.slider(adjust, contrast=..., brightness=...)
-CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-DRIVER = shutil.which("chromedriver")
 
 # the notebook open in JupyterLab, through the app object (LabApp.expose_app_in_browser)
 _STATE_JS = """
@@ -58,9 +57,7 @@ def _wait(what: str, seconds: float, probe):
 @pytest.fixture
 def lab(tmp_path):
     """JupyterLab serving a copy of notebooks/ (so nothing is saved into the repo), smoke mode."""
-    if CHROMIUM is None or DRIVER is None:
-        pytest.skip("no browser: install Debian's chromium and chromium-driver (.ci/run does) to run this test")
-    pytest.importorskip("selenium", reason="selenium is not installed (it is in the dev extra)")
+    skip_without_browser()
     root = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
@@ -102,18 +99,8 @@ def lab(tmp_path):
 
 @pytest.fixture
 def browser(lab):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-    try:
+    with chrome() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _run_all(driver, url: str, token: str, notebook: str, seconds: float = 120) -> dict:
