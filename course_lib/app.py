@@ -35,7 +35,8 @@ from torch import Tensor  # noqa: E402
 
 from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, SIZES, parse_caption  # noqa: E402
 
-__all__ = ["SAMPLERS", "EXAMPLE_PROMPT", "Generation", "load_pipeline", "generate_images", "build_app", "main"]
+__all__ = ["SAMPLERS", "EXAMPLE_PROMPT", "Generation", "load_pipeline", "check_inputs", "generate_images", "build_app",
+           "main"]
 
 SAMPLERS = ("DDIM", "Euler", "DPM-Solver++")   # DDIM with eta = 1, as on the model card
 EXAMPLE_PROMPT = "a large red circle at the center"
@@ -118,7 +119,13 @@ def _whole_number(value, what: str, low: int, high: int) -> int:
     return int(number)
 
 
-def _check(prompt, negative_prompt, guidance_scale, sampler, steps, seed, num_images):
+def check_inputs(prompt, negative_prompt, guidance_scale, sampler, steps, seed, num_images):
+    """The page's values, cleaned: (prompt, negative_prompt, guidance_scale, sampler, steps, seed, num_images).
+
+    Raises ``ValueError`` with one sentence for the person at the page when a value is wrong (an
+    empty prompt, a word the model does not know, steps outside 1..1000, ...). Numbers may come as
+    floats from sliders (4.0 is 4).
+    """
     prompt = _clean(prompt, "prompt", required=True)
     negative_prompt = _clean(negative_prompt, "negative prompt", required=False)
     try:
@@ -167,7 +174,7 @@ def generate_images(prompt: str, negative_prompt: str = "", guidance_scale: floa
     caption when it is empty); s = ``guidance_scale``. Image i uses a generator seeded ``seed + i``.
     Raises ``ValueError`` with a plain-words message on bad input.
     """
-    prompt, negative_prompt, guidance_scale, sampler, steps, seed, num_images = _check(
+    prompt, negative_prompt, guidance_scale, sampler, steps, seed, num_images = check_inputs(
         prompt, negative_prompt, guidance_scale, sampler, steps, seed, num_images)
     pipe = load_pipeline()
     seeds = [seed + i for i in range(num_images)]
@@ -230,7 +237,7 @@ def build_app():
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 gallery = gr.Gallery(label="Images", columns=4, format="png", elem_id="gallery")
-                readings = gr.Markdown(elem_id="readings")
+                readings = gr.Markdown(label="Readings", elem_id="readings")
         button.click(_on_generate, [prompt, negative, guidance, sampler, steps, seed, count],
                      [gallery, readings], api_name="generate")
     return app

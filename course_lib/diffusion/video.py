@@ -1,0 +1,137 @@
+"""Video diffusion on top of a frozen text-to-image model: the loss, given frames, and sampling.
+
+The video model is a :class:`~course_lib.models.temporal.VideoUNet`: the image U-Net of a
+:class:`~course_lib.diffusion.text2image.TextToImage` with temporal blocks inserted. Clips travel
+as flat batches of frames, clip after clip: latents (B*T, c, s, s), so the course's samplers and
+guidance run unchanged.
+
+A motion caption "a large red circle moves left" is split in two: the appearance ("a large red
+circle", a caption the image model knows) goes to the frozen text encoder and the spatial
+cross-attention of every frame; the direction ("left") is a motion label for the temporal blocks,
+the only layers that learn what moving means.
+
+Given frames (image-to-video: the first; interpolation: the first and the last) are handed to
+the network clean, at step t = 0, in their place in the clip; the loss skips them. Trained that
+way, the temporal layers learn to read a clean frame and continue it, which is how SVD and
+Make-A-Video's interpolation network are conditioned (on given frames, not by editing the
+samples afterwards).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from course_lib.data.moving import parse_moving_caption
+from course_lib.diffusion.guidance import ClassifierFreeGuidance
+from course_lib.diffusion.schedule import NoiseSchedule
+from course_lib.diffusion.solver import DDIMRule, sample
+from course_lib.models.temporal import VideoUNet
+
+__all__ = ["split_motion_caption", "video_loss", "GivenFrames", "given_mask", "generate_video"]
+
+
+def split_motion_caption(caption: str) -> tuple[str, int]:
+    """"a large red circle moves left" -> ("a large red circle", DIRECTIONS.index("left"))."""
+    attrs = parse_moving_caption(caption)
+    if attrs is None:
+        raise ValueError(f"not a motion caption (\"a <size> <colour> <shape> moves <direction>\"): {caption!r}")
+    appearance, _ = " ".join(caption.split()).split(" moves ")
+    return appearance, attrs["direction"]
+
+
+def given_mask(batch: int, frames: int, mode: str = "none") -> Tensor:
+    """(B, T) bool, True at the frames handed in clean: mode "none", "first" or "first_last"."""
+    mask = torch.zeros(batch, frames, dtype=torch.bool)
+    if mode in ("first", "first_last"):
+        mask[:, 0] = True
+    if mode == "first_last":
+        mask[:, -1] = True
+    elif mode not in ("none", "first"):
+        raise ValueError(f"mode must be 'none', 'first' or 'first_last', got {mode!r}")
+    return mask
+
+
+def video_loss(model: VideoUNet, latents: Tensor, schedule: NoiseSchedule, context: Tensor, context_mask: Tensor,
+               motion: Tensor, given: Tensor | None = None, generator: torch.Generator | None = None,
+               noise_shift: float = 1.0) -> Tensor:
+    """The DDPM loss on clips, one step t per clip:  mean over the frames that are not given of ||eps - eps_theta||^2.
+
+    latents: (B, T, c, s, s) scaled latents; context (B, L, D) / context_mask (B, L): the appearance
+    captions; motion: (B,) labels; given: (B, T) bool, frames handed in clean at t = 0 (None: none).
+    """
+    B, T = latents.shape[:2]
+    x0 = latents.flatten(0, 1)                                              # (B*T, c, s, s)
+    t = torch.randint(schedule.T, (B,), generator=generator).repeat_interleave(T).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    a = schedule.at(schedule.alphas_cumprod, t, x0.dim()).to(x0)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise                           # x_t = sqrt(a_bar) x0 + sqrt(1 - a_bar) eps
+    keep = torch.ones(B * T, device=x0.device)
+    if given is not None:
+        g = given.flatten().to(x0.device)
+        x_t = torch.where(g[:, None, None, None], x0, x_t)
+        t = torch.where(g, torch.zeros_like(t), t)
+        keep = (~g).float()
+    eps = model(x_t, t, context.repeat_interleave(T, 0), context_mask.repeat_interleave(T, 0), motion)
+    per_frame = (eps - noise).pow(2).flatten(1).mean(1)                    # (B*T,)
+    return (per_frame * keep).sum() / keep.sum().clamp(min=1)
+
+
+class GivenFrames:
+    """Wraps a prediction function so that given frames are always seen clean at t = 0.
+
+    fn(x, t) with x (B*T, ...) flat; latents: (B*T, ...) the given frames' clean latents (anything
+    elsewhere); given: (B*T,) bool. ``.model`` is the wrapped function (as the sampler expects).
+    """
+
+    def __init__(self, fn, latents: Tensor, given: Tensor):
+        self.model, self.latents, self.given = fn, latents, given.flatten()
+
+    def fill(self, x: Tensor) -> Tensor:
+        return torch.where(self.given.to(x.device)[:, None, None, None], self.latents.to(x), x)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        g = self.given.to(x.device)
+        return self.model(self.fill(x), torch.where(g, torch.zeros_like(t), t))
+
+
+@torch.no_grad()
+def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *, guidance_scale: float = 2.0,
+                   steps: int = 20, eta: float = 1.0, image_size: int = 32, generator: torch.Generator | None = None,
+                   given_frames: Tensor | None = None, given: Tensor | None = None, temporal: bool = True) -> Tensor:
+    """Clips (B, T, 3, S, S) in [0, 1] on the CPU for B motion captions.
+
+    text_model: the :class:`TextToImage` whose U-Net the video model was built from (its text
+    encoder, autoencoder and schedule are used). Guidance: eps = eps_u + s (eps_c - eps_u), with
+    the unconditional half given neither text nor motion. given_frames (B, T, 3, S, S) in [0, 1]
+    and given (B, T) bool: frames handed in (image-to-video, interpolation). temporal=False: the
+    frozen image model frame by frame, every frame with its own noise (the per-frame baseline).
+    """
+    captions = list(captions)
+    B, T = len(captions), video_unet.frames
+    split = [split_motion_caption(c) for c in captions]
+    context, mask = text_model.encode_prompt([a for a, _ in split])
+    null_ctx, null_mask = text_model.encode_prompt([""] * B)
+    motion = torch.tensor([d for _, d in split], device=context.device)
+    null_motion = torch.full_like(motion, video_unet.null_motion)
+    rep = lambda x: x.repeat_interleave(T, 0)  # noqa: E731   (B, ...) -> (B*T, ...), clip after clip
+    cond = {"context": rep(context), "context_mask": rep(mask), "motion": rep(motion)}
+    uncond = {"context": rep(null_ctx), "context_mask": rep(null_mask), "motion": rep(null_motion)}
+    net = video_unet if temporal else partial(video_unet, temporal=False)
+    fn = ClassifierFreeGuidance(net, cond, uncond, guidance_scale)
+    if given is not None:
+        if given_frames is None or given_frames.shape[:2] != (B, T) or given.shape != (B, T):
+            raise ValueError(f"given (B, T) = ({B}, {T}) needs given_frames (B, T, 3, S, S) in [0, 1]")
+        latents = text_model.encode_images(given_frames.flatten(0, 1) * 2 - 1)
+        fn = GivenFrames(fn, latents, given)
+    shape = (B * T, *text_model.latent_shape(image_size))
+    was_training = video_unet.training
+    video_unet.eval()
+    z = sample(fn, shape, DDIMRule(text_model.schedule, steps, eta=eta, clip_x0=False), generator=generator,
+               device=text_model.device, progress=False)
+    video_unet.train(was_training)
+    if given is not None:
+        z = fn.fill(z)
+    return text_model.decode_latents(z).view(B, T, 3, image_size, image_size)
