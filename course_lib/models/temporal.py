@@ -11,12 +11,12 @@ pixel position of a clip becomes a sequence of T feature vectors, one per frame,
     x = x + conv1d_t(SiLU(LN(x) (1 + g_2) + b_2))            temporal convolution: kernel 3 along T
     (B*H*W, T, C) -> (B*T, C, H, W)
 
-with pos_t a sinusoidal embedding of the frame index and (g_1, b_1, g_2, b_2) = W_m m a scale and a
-shift made from an optional motion embedding m (here the direction word of the caption; adaLN, the
-way DiT feeds in its class), so the direction can switch the blocks' inputs, not only nudge them. W_out and the convolution start at zero, so at
-initialisation every temporal block is the identity and the video model *is* the image model
-run frame by frame: exactly, not approximately (``h + 0 == h`` in floating point). Training
-then changes only the temporal layers.
+with pos_t a sinusoidal embedding of the frame index and (g_1, b_1, g_2, b_2) = W_m m a scale
+and a shift made from an optional motion embedding m (here the direction word of the caption;
+adaLN, the way DiT feeds in its class), so the direction can switch the blocks' inputs, not only
+nudge them. W_out, the convolution and W_m start at zero, so at initialisation every temporal
+block is the identity and the video model *is* the image model run frame by frame: exactly, not
+approximately (``h + 0 == h`` in floating point). Training then changes only the temporal layers.
 
 This is the factorised space-time U-Net of Video Diffusion Models (Ho et al. 2022): attention
 and convolution over space in the image layers, over time in the new ones. A full 3-D
