@@ -45,7 +45,7 @@ from torch import Tensor  # noqa: E402
 from course_lib.data.moving import DIRECTIONS, parse_moving_caption  # noqa: E402
 from course_lib.data.shapes import COLOURS, SHAPE_KINDS, SIZES  # noqa: E402
 from course_lib.diffusion.video import generate_video  # noqa: E402
-from course_lib.eval.video import video_verdicts  # noqa: E402
+from course_lib.eval.video import identity_name, video_verdicts  # noqa: E402
 from course_lib.viz import frames_to_gif_bytes  # noqa: E402
 
 __all__ = ["EXAMPLE_CAPTION", "MAX_STEPS", "MAX_GUIDANCE", "ClipReading", "check_caption", "check_inputs",
@@ -194,14 +194,6 @@ class ClipReading:
         return f"{head}\n\n{table}"
 
 
-def _identity(shape: int, colour: int, size: int) -> str:
-    if colour < 0:
-        return "no object"
-    if shape < 0:
-        return f"unreadable {_COLOUR_NAMES[colour]} shape"
-    return f"{SIZES[size] + ' ' if size >= 0 else ''}{_COLOUR_NAMES[colour]} {SHAPE_KINDS[shape]}"
-
-
 def read_clip(clip: Tensor, caption: str) -> ClipReading:
     """Read one clip (T, 3, S, S) in [0, 1] against its motion caption with ``video_verdicts``."""
     caption = check_caption(caption)
@@ -210,7 +202,7 @@ def read_clip(clip: Tensor, caption: str) -> ClipReading:
                          f"{tuple(clip.shape) if isinstance(clip, Tensor) else type(clip).__name__}")
     v = video_verdicts(clip[None], [caption])
     frames = v["frames"]
-    names = [_identity(*row) for row in zip(*(frames[k][0].tolist() for k in ("shape", "colour", "size")))]
+    names = [identity_name(*row) for row in zip(*(frames[k][0].tolist() for k in ("shape", "colour", "size")))]
     seen, seen_frames = Counter(names).most_common(1)[0]
     direction = int(v["direction"][0])
     return ClipReading(caption=caption, direction=None if direction < 0 else DIRECTIONS[direction],

@@ -7,7 +7,6 @@ takes <= 2 s on a CPU, and this whole module <= 30 s."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ torch.set_num_threads(1)
 
 from course_lib.app import EXAMPLE_PROMPT, build_app, generate_images, load_pipeline  # noqa: E402
 from headless import chrome, skip_without_browser  # noqa: E402
+from served import launched  # noqa: E402
 
 TWO = "a small blue square left of a large green triangle"
 _clock: dict[str, float] = {}
@@ -84,24 +84,14 @@ def test_readings_say_what_was_asked_and_what_was_read():
 
 
 # ----------------------------------------------------------------------------- the page, through its client
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
     """The app on a free 127.0.0.1 port (one launch for this module), its pipeline already loaded."""
     pytest.importorskip("gradio", reason="gradio is not installed (it is a dependency of course_lib)")
     load_pipeline()
     app = build_app()
-    _, url, _ = app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
-                           quiet=True, share=False)
-    try:
+    with launched(app) as url:
         yield url
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,15 @@
 fail, a wrong caption fails exactly the category it is wrong in, swapped colours fail attribution."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, caption_for, render_shapes
 from course_lib.eval.masks import PALETTE, pixel_colours
 from course_lib.eval.shapes_eval import CATEGORIES, find_objects, shapes_eval, shapes_eval_verdicts
+from images import gaussian_blur
 
 ONE_OBJECT = ("single_object", "colours", "position")
 TWO_OBJECTS = ("two_objects", "colour_attribution", "position", "relation")
@@ -25,14 +24,6 @@ def one():
 @pytest.fixture(scope="module")
 def two():
     return render_shapes(200, seed=102, two_objects=1.0)
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = math.ceil(3 * sigma)
-    k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).view(1, 1, 1, -1).expand(3, 1, 1, -1)
-    x = F.conv2d(x, k, padding=(0, r), groups=3)                              # rows, then columns
-    return F.conv2d(x, k.transpose(-1, -2), padding=(r, 0), groups=3)
 
 
 def _recaption(batch, i: int, **change) -> str:
@@ -77,7 +68,7 @@ def test_other_resolutions_pass_too(size):
 
 
 def test_slightly_blurred_renders_still_pass(one, two):
-    images = _blur(torch.cat([one.images, two.images]), sigma=0.8).clamp(0, 1)
+    images = gaussian_blur(torch.cat([one.images, two.images]), sigma=0.8).clamp(0, 1)
     report = shapes_eval(images, one.captions + two.captions)
     assert report["overall"] >= 0.99 and report["clean"] >= 0.99, report   # a 1 px rim: 0.97, 0.96
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ torch.set_num_threads(1)
 
 from course_lib.data.moving import DIRECTIONS, render_moving_shapes  # noqa: E402
 from course_lib.video_app import EXAMPLE_CAPTION, build_video_app, clip_to_gif, generate_clip, read_clip  # noqa: E402
+from served import launched  # noqa: E402
 
 T, S = 8, 32
 STEPS = 4
@@ -181,23 +181,13 @@ def test_module_imports_without_gradio_and_keeps_everything_offline():
 
 
 # ----------------------------------------------------------------------------- the page, through its client
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(models):
     """The app on a free 127.0.0.1 port (one launch for this module)."""
     pytest.importorskip("gradio", reason="gradio is not installed (it is a dependency of course_lib)")
     app = build_video_app(*models)
-    _, url, _ = app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
-                           quiet=True, share=False)
-    try:
+    with launched(app) as url:
         yield url
-    finally:
-        app.close()
 
 
 @pytest.fixture(scope="module")

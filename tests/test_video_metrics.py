@@ -8,24 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from course_lib.data.moving import render_moving_shapes
 from course_lib.eval.video import (centroid_error, clip_features, clip_frechet_distance, frame_features,
                                    frame_objects, frame_similarity, identity_flicker, track_direction, track_r2,
                                    video_report, video_verdicts)
+from images import gaussian_blur
 
 N, T = 200, 8
 HALF = 100            # clips for the tests that need fewer
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of frames (M, 3, H, W), separable, zero padding."""
-    r = math.ceil(3 * sigma)
-    k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).view(1, 1, 1, -1).expand(3, 1, 1, -1)
-    x = F.conv2d(x, k, padding=(0, r), groups=3)                              # rows, then columns
-    return F.conv2d(x, k.transpose(-1, -2), padding=(r, 0), groups=3)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +161,7 @@ def test_empty_frames(real):
 
 
 def test_blurred_clips_still_pass(real):
-    frames = _blur(real.videos[:HALF].flatten(0, 1), sigma=0.8).clamp(0, 1)
+    frames = gaussian_blur(real.videos[:HALF].flatten(0, 1), sigma=0.8).clamp(0, 1)
     report = video_report(frames.view(HALF, T, 3, 32, 32), real.captions[:HALF], true_centers=real.centers[:HALF])
     assert report["direction_accuracy"] >= 0.95 and report["track_r2"] >= 0.99, report        # 1.0, 0.9995
     assert report["flicker_rate"] <= 0.02 and report["shape_accuracy"] >= 0.99, report        # 0.0, 1.0

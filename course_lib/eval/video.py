@@ -80,8 +80,8 @@ from course_lib.eval.masks import pixel_colours
 from course_lib.eval.shapes_eval import _min_confidence, _objects
 
 __all__ = ["DEFAULT_JUDGE", "frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
-           "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance", "video_verdicts",
-           "video_report"]
+           "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance", "identity_name",
+           "video_verdicts", "video_report"]
 
 DEFAULT_JUDGE = "shapes_calibrated"   # the judge the notebooks read shapes with (docs/judges.md)
 _MIN_TRAVEL = 1.0                     # px: a fitted displacement below this is "does not move"
@@ -337,11 +337,12 @@ def clip_frechet_distance(videos_a: Tensor, videos_b: Tensor, judge=DEFAULT_JUDG
 
 
 # --------------------------------------------------------------------------- verdicts and the report
-def _identity_name(shape: int, colour: int, size: int) -> str:
+def identity_name(shape: int, colour: int, size: int) -> str:
+    """"large red circle", "unreadable red shape" or "no object" from frame_objects' indices (-1: none)."""
     if colour < 0:
         return "no object"
     if shape < 0:
-        return f"unreadable {_COLOUR_NAMES[colour]}"
+        return f"unreadable {_COLOUR_NAMES[colour]} shape"
     return f"{SIZES[size] + ' ' if size >= 0 else ''}{_COLOUR_NAMES[colour]} {SHAPE_KINDS[shape]}"
 
 
@@ -354,7 +355,7 @@ def _why(i: int, want: dict, objects: dict, flicker: bool, direction: int, r2: f
     if flicker:
         seen = []
         for row in zip(*(objects[k][i].tolist() for k in ("shape", "colour", "size"))):
-            if (name := _identity_name(*row)) not in seen:
+            if (name := identity_name(*row)) not in seen:
                 seen.append(name)
         why.append("identity changes: " + " / ".join(seen))
     for key, names in (("shape", SHAPE_KINDS), ("colour", _COLOUR_NAMES)):
