@@ -13,6 +13,7 @@ The agreement itself is computed by course_lib.eval.agreement (which the tests u
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def agreement(folder: Path, judge: str = "shapes", bars: tuple[float, ...] = (0.
     out = {"n": len(ids)}
     for bar in bars:
         out[f"shape@{bar}"] = shape_agreement(verdicts, rows, bar)
+    if (folder / SECOND_READER).exists():
+        out.update(second_reader(verdicts, rows, folder, own if own is not None else 0.9))
     out["colour"] = attribute_agreement(verdicts, rows, "colour")
     out["position"] = attribute_agreement(verdicts, rows, "position")
     table = agreement_table(j, folder=folder)   # at the judge's own bar (decisions: even ids only)
@@ -70,6 +73,24 @@ def agreement(folder: Path, judge: str = "shapes", bars: tuple[float, ...] = (0.
     out["person_shows_caption_clean"] = sum(person_clean) / len(rows)
     out["shapes_eval_passed"] = sum(machine) / len(rows)
     return out
+
+
+SECOND_READER = "labels_reader2.csv"   # a second, independent blind reading of every image's shape
+
+
+def second_reader(verdicts: list[dict], rows: list[dict], folder: Path, bar: float) -> dict:
+    """Shape agreement against the second reader (at ``bar``), on the images where both readers
+    give the same shape, and with either reader; and how often the two readers agree."""
+    with open(folder / SECOND_READER, newline="") as f:
+        second = {r["id"]: r for r in csv.DictReader(f)}
+    rows2 = [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
+    both = [k for k, (a, b) in enumerate(zip(rows, rows2)) if a["shape"] == b["shape"]]
+    said = ["unreadable" if v["confidence"] < bar else v["shape"] for v in verdicts]
+    return {"readers_agree_on_shape": len(both) / len(rows),
+            f"shape@{bar}_vs_reader2": shape_agreement(verdicts, rows2, bar),
+            f"shape@{bar}_where_readers_agree": sum(said[k] == rows[k]["shape"] for k in both) / len(both),
+            f"shape@{bar}_vs_either_reader": sum(s in (a["shape"], b["shape"])
+                                                 for s, a, b in zip(said, rows, rows2)) / len(rows)}
 
 
 def reliability_tables(judges: list[str], folder: Path) -> str:
