@@ -2,6 +2,7 @@
 
     python scripts/train_base_model.py                      # about an hour on 2 CPU cores
     python scripts/train_base_model.py --smoke --out /tmp/sd   # about a minute: checks the script
+    python scripts/train_base_model.py --seed 1 --out /tmp/sd1 --work /tmp/sd1_work   # a second seed
 
 Writes ``course_lib/checkpoints/shapes_sd/`` (``--out``): the pipeline (``model_index.json``,
 ``unet/``, ``vae/``, ``text_encoder/``, ``scheduler/``, safetensors + JSON), ``metrics.json``
@@ -151,6 +152,9 @@ def main() -> int:
                         help="checkpoints while training (resumable)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the script")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="another training seed (world and weights; the evaluation stays the same); "
+                             "give it its own --out and --work")
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from metrics.json")
     args = parser.parse_args()
     if args.card_only:
@@ -160,6 +164,8 @@ def main() -> int:
         write_model_card(args.out, record)
         return 0
     cfg = dict(SMOKE if args.smoke else FULL)
+    if args.seed is not None:
+        cfg["seed"] = args.seed
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work / ("smoke" if args.smoke else "full")
