@@ -56,7 +56,7 @@ from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, g
 from course_lib.eval.judges import _batches, _get_judge, _predict, check_images
 from course_lib.eval.masks import pixel_colours
 
-__all__ = ["CATEGORIES", "default_min_area", "find_objects", "shapes_eval_verdicts", "shapes_eval"]
+__all__ = ["CATEGORIES", "default_min_area", "find_objects", "verdict_bar", "shapes_eval_verdicts", "shapes_eval"]
 
 CATEGORIES = ("single_object", "two_objects", "colours", "position", "colour_attribution", "relation")
 _GENEVAL = CATEGORIES[:5]        # averaged into "overall"
@@ -73,16 +73,20 @@ def default_min_area(height: int, width: int) -> int:
     return max(2, round(6 * height * width / 32 ** 2))
 
 
-def find_objects(image: Tensor, min_area: int | None = None) -> tuple[list[dict], bool]:
+def find_objects(image: Tensor, min_area: int | None = None, *, colour: np.ndarray | None = None,
+                 coverage: np.ndarray | None = None) -> tuple[list[dict], bool]:
     """Split one image (3, H, W) in [0, 1] into objects; returns (objects, clean).
 
     Each object is a dict: ``colour`` (index into COLOURS), ``mask`` (H, W) bool, ``area`` (px),
     ``centre`` (x, y) of its bounding box in pixels, ``cell`` (0..8) and ``crop`` (3, H, W): what
     the judge is shown. ``clean`` is False when there are specks (components below
-    ``min_area``) or faint noise on the background.
+    ``min_area``) or faint noise on the background. ``colour`` and ``coverage``: the image's
+    :func:`course_lib.eval.masks.pixel_colours` as (H, W) arrays, when a batch's are already computed.
     """
-    colour, coverage = pixel_colours(image[None])
-    return _objects(image, colour[0].numpy(), coverage[0].numpy(), min_area)
+    if colour is None or coverage is None:
+        c, v = pixel_colours(image[None])
+        colour, coverage = c[0].numpy(), v[0].numpy()
+    return _objects(image, colour, coverage, min_area)
 
 
 def _objects(image: Tensor, colour: np.ndarray, coverage: np.ndarray, min_area: int | None):
@@ -176,7 +180,7 @@ def _judge_two(want: dict, objs: list[dict], clean: bool, why: list[str]) -> dic
             "position": relation_ok, "relation": relation_ok}
 
 
-def _min_confidence(j, min_confidence: float | None) -> float:
+def verdict_bar(j, min_confidence: float | None = None) -> float:
     """The bar given, else the judge's own (``judge.min_confidence``), else 0.5."""
     if min_confidence is None:
         min_confidence = getattr(j, "min_confidence", None)
@@ -209,7 +213,7 @@ def shapes_eval_verdicts(images: Tensor, captions: list[str], judge="shapes", mi
     ``min_confidence=None``: the judge's own ``min_confidence`` (the calibrated judges), else 0.5."""
     wanted = _check_inputs(images, captions, 0.5 if min_confidence is None else min_confidence)
     j = _get_judge(judge)
-    min_confidence = _min_confidence(j, min_confidence)
+    min_confidence = verdict_bar(j, min_confidence)
     if not hasattr(j, "heads") or "shape" not in j.heads:
         raise TypeError("shapes_eval needs a judge with a 'shape' head, such as 'shapes'")
     images = images.detach().float().cpu()

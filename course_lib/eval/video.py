@@ -77,7 +77,7 @@ from course_lib.data.shapes import COLOURS, SHAPE_KINDS, SIZES
 from course_lib.eval.distances import feature_stats, frechet_distance
 from course_lib.eval.judges import _batches, _get_judge, _predict, check_images, extract_features
 from course_lib.eval.masks import pixel_colours
-from course_lib.eval.shapes_eval import _min_confidence, _objects
+from course_lib.eval.shapes_eval import find_objects, verdict_bar
 
 __all__ = ["DEFAULT_JUDGE", "frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
            "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance", "identity_name",
@@ -158,7 +158,7 @@ def frame_objects(videos: Tensor, judge=DEFAULT_JUDGE, min_confidence: float | N
     """
     videos = _check_videos(videos, "frame_objects")
     j = _shapes_judge(judge, "frame_objects")
-    bar = _min_confidence(j, min_confidence)
+    bar = verdict_bar(j, min_confidence)
     if not 0 <= bar <= 1:
         raise ValueError(f"frame_objects: min_confidence must be in [0, 1]; got {min_confidence!r}")
     n, t = videos.shape[:2]
@@ -172,7 +172,7 @@ def frame_objects(videos: Tensor, judge=DEFAULT_JUDGE, min_confidence: float | N
         colours, coverage = (a.numpy() for a in pixel_colours(part))
         crops, judged = [], []
         for k, (x, c, v) in enumerate(zip(part, colours, coverage), start):
-            objs, _ = _objects(x, c, v, min_area)
+            objs, _ = find_objects(x, min_area, colour=c, coverage=v)
             count[k] = len(objs)
             if not objs:
                 continue
