@@ -44,7 +44,8 @@ from matplotlib.figure import Figure
 
 __all__ = ["make_grid", "show_images", "compare", "plot_curves", "plot_training", "smooth_curve",
            "draw_graph", "graph_layout", "animate",
-           "frames_to_gif_bytes", "slider", "widgets_are_live", "ShownFigure", "Animation"]
+           "frames_to_gif_bytes", "slider", "mask_editor", "MaskEditor", "widgets_are_live", "ShownFigure",
+           "Animation"]
 
 _FALSE = {"", "0", "false", "no", "off"}
 _MAX_FIG_WIDTH = 12.0  # inches: wider figures get scrollbars in notebooks
@@ -867,3 +868,107 @@ def slider(fn: Callable, **params: Any) -> ShownFigure | None:
         display(_live_slider(fn, parsed))
         return None
     return _finish(_static_slider(fn, parsed), save=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# a mask editor: paint a control image by clicking cells, then run a function on it
+# ---------------------------------------------------------------------------------------------
+
+class MaskEditor:
+    """A grid of ``cells`` x ``cells`` toggle buttons that paints a binary (S, S) mask, a "run"
+    button that calls ``fn(mask)`` and shows what it returns, and a "clear" button.
+
+    start: (S, S), (1, S, S) or (1, 1, S, S) in [0, 1], S a multiple of ``cells``; each button is
+    one (S / cells)-pixel square, on when most of its pixels are. fn(mask) gets (1, 1, S, S) float
+    in {0, 1} and returns images (as :func:`show_images` takes) or a Figure. ``.widget`` is the
+    ipywidgets box; ``.mask()`` reads the buttons; ``.run()`` is what the run button does.
+    """
+
+    def __init__(self, fn: Callable, start: Any, cells: int = 16, label: str = "generate"):
+        import ipywidgets as w
+
+        self.fn, self.start = fn, _editor_mask(start, cells)
+        self.cells, self.size = cells, self.start.shape[-1]
+        on = _editor_cells(self.start, cells)
+        square = w.Layout(width="18px", height="18px", padding="0px", margin="0px")
+        self.buttons = [w.ToggleButton(value=bool(v), layout=square, tooltip=f"row {i // cells}, column {i % cells}")
+                        for i, v in enumerate(on.flatten().tolist())]
+        grid = w.GridBox(self.buttons, layout=w.Layout(grid_template_columns=f"repeat({cells}, 18px)",
+                                                       grid_gap="1px"))
+        self.run_button, self.clear_button = w.Button(description=label), w.Button(description="clear")
+        self.run_button.on_click(lambda _: self.run())
+        self.clear_button.on_click(lambda _: self.clear())
+        self.output = w.Output()
+        self.widget = w.HBox([w.VBox([grid, w.HBox([self.run_button, self.clear_button])]), self.output])
+
+    def mask(self) -> torch.Tensor:
+        """(1, 1, S, S) float in {0, 1}: each on button a (S / cells)-pixel square of ones."""
+        k = self.size // self.cells
+        cells = torch.tensor([b.value for b in self.buttons], dtype=torch.float32).view(self.cells, self.cells)
+        return cells.repeat_interleave(k, 0).repeat_interleave(k, 1)[None, None]
+
+    def clear(self) -> None:
+        for b in self.buttons:
+            b.value = False
+
+    def run(self) -> Any:
+        from IPython.display import display
+
+        result = self.fn(self.mask())
+        self.output.clear_output(wait=True)
+        with self.output:
+            if isinstance(result, Figure):
+                display(_IPythonImage(data=_png_bytes(result), format="png"))
+            else:
+                show_images(result)
+        return result
+
+
+def _editor_mask(start: Any, cells: int) -> torch.Tensor:
+    x = torch.as_tensor(start, dtype=torch.float32)
+    while x.dim() > 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 2 or x.shape[0] != x.shape[1]:
+        raise ValueError(f"mask_editor: start must be a square (S, S), (1, S, S) or (1, 1, S, S) mask, "
+                         f"got shape {tuple(torch.as_tensor(start).shape)}")
+    if not isinstance(cells, int) or cells < 2 or x.shape[0] % cells:
+        raise ValueError(f"mask_editor: cells={cells!r} must be an int >= 2 dividing the mask size {x.shape[0]}")
+    return x
+
+
+def _editor_cells(mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """(S, S) -> (cells, cells) bool: a cell is on when at least half of its pixels are."""
+    k = mask.shape[0] // cells
+    return mask.view(cells, k, cells, k).mean((1, 3)) >= 0.5
+
+
+def mask_editor(fn: Callable, start: Any, cells: int = 16, label: str = "generate") -> ShownFigure | None:
+    """Paint a control mask and see what ``fn`` makes of it: ``mask_editor(draw_from_mask, start=mask)``.
+
+    With a live widget front end (:func:`widgets_are_live`) a :class:`MaskEditor` is displayed
+    (click cells to paint or erase them, then press the button) and ``None`` is returned. Otherwise
+    fn runs once on ``start`` snapped to the grid, and the mask and fn's pictures are drawn side by
+    side in one figure, which is returned.
+    """
+    if not callable(fn):
+        raise TypeError(f"mask_editor expects a function as its first argument, got {type(fn).__name__}")
+    start = _editor_mask(start, cells)
+    if widgets_are_live():
+        from IPython.display import display
+
+        editor = MaskEditor(fn, start, cells, label)
+        display(editor.widget)
+        editor.run()
+        return None
+    k = start.shape[0] // cells
+    snapped = _editor_cells(start, cells).float().repeat_interleave(k, 0).repeat_interleave(k, 1)[None, None]
+    panels = [make_grid(snapped.expand(-1, 3, -1, -1)), _call_for_picture(fn, {"mask": snapped})]
+    widths = [p.shape[1] / p.shape[0] for p in panels]          # both panels drawn at the same height
+    height = min(3.2, _MAX_FIG_WIDTH / sum(widths))
+    fig = ShownFigure(figsize=(height * sum(widths), height + 0.4), layout="constrained")
+    axes = fig.subplots(1, 2, width_ratios=widths)
+    for ax, picture, title in zip(axes, panels, ["mask (run in Jupyter to paint it)",
+                                                 f"{getattr(fn, '__name__', 'fn')}(mask)"]):
+        _imshow(ax, picture)
+        ax.set_title(title, fontsize=9)
+    return _finish(fig, save=None)

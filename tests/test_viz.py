@@ -334,3 +334,51 @@ def test_live_slider_redraws_on_change(fake_kernel, monkeypatch):
     assert isinstance(t_widget, ipywidgets.SelectionSlider) and isinstance(mode_widget, ipywidgets.Dropdown)
     t_widget.value = 999
     assert calls == [(250, "a"), (999, "a")]  # starts at fn's default
+
+
+# --- the mask editor -------------------------------------------------------------------------
+
+def _square_mask(size=32, lo=8, hi=24):
+    mask = torch.zeros(size, size)
+    mask[lo:hi, lo:hi] = 1
+    return mask
+
+
+def test_static_mask_editor_runs_fn_on_the_start_mask_snapped_to_the_grid():
+    seen = []
+
+    def painted(mask):
+        seen.append(mask)
+        return mask.expand(-1, 3, -1, -1) * torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1)
+
+    start = _square_mask()
+    start[0, 0] = start[30:32, 30] = 1           # cells of 2 x 2 px: on when at least half painted
+    fig = viz.mask_editor(painted, start[None, None])
+    assert isinstance(fig, ShownFigure) and len(fig.axes) == 2
+    (mask,) = seen
+    expected = _square_mask()
+    expected[30:32, 30:32] = 1
+    assert mask.shape == (1, 1, 32, 32) and torch.equal(mask[0, 0], expected)
+    with pytest.raises(ValueError, match="dividing"):
+        viz.mask_editor(painted, start, cells=5)
+    with pytest.raises(ValueError, match="square"):
+        viz.mask_editor(painted, torch.zeros(2, 32, 32))
+
+
+def test_mask_editor_paints_clears_and_runs(fake_kernel, monkeypatch):
+    import ipywidgets
+
+    _, shown = fake_kernel
+    monkeypatch.setattr(viz, "widgets_are_live", lambda: True)
+    seen = []
+    assert viz.mask_editor(lambda mask: seen.append(mask.clone()) or mask, _square_mask(), cells=16) is None
+    (box,) = [w for w in shown if isinstance(w, ipywidgets.HBox)]
+    assert len(seen) == 1 and torch.equal(seen[0][0, 0], _square_mask())      # it draws once on opening
+    editor = viz.MaskEditor(lambda mask: seen.append(mask.clone()) or mask, _square_mask(), cells=16)
+    assert sum(b.value for b in editor.buttons) == 64                          # 8 x 8 cells of 2 x 2 px
+    editor.clear()
+    editor.buttons[16 * 3 + 5].value = True                                    # row 3, column 5
+    editor.run_button.click()
+    expected = torch.zeros(32, 32)
+    expected[6:8, 10:12] = 1
+    assert torch.equal(seen[-1][0, 0], expected)

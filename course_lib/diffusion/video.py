@@ -18,10 +18,14 @@ samples afterwards).
 """
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from course_lib.data.moving import parse_moving_caption
@@ -30,7 +34,10 @@ from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.temporal import VideoUNet
 
-__all__ = ["split_motion_caption", "video_loss", "GivenFrames", "given_mask", "generate_video"]
+__all__ = ["MOTION_MODULE_DIR", "split_motion_caption", "video_loss", "GivenFrames", "given_mask", "generate_video",
+           "load_frame_unet", "load_video_model"]
+
+MOTION_MODULE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_video"
 
 
 def split_motion_caption(caption: str) -> tuple[str, int]:
@@ -142,3 +149,44 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
     if given is not None:
         z = fn.fill(z)
     return text_model.decode_latents(z).view(B, T, 3, image_size, image_size)
+
+
+def _checked_folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    missing = [f for f in ("config.json", "frame_unet.safetensors", "motion_module.safetensors")
+               if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}: make it with scripts/train_motion_module.py")
+    return folder
+
+
+def load_frame_unet(text_model, folder: str | Path = MOTION_MODULE_DIR):
+    """A copy of ``text_model``'s U-Net with the frame-adapted weights of ``folder`` (the image model the
+    motion module was trained on; AnimateDiff v3 calls this stage a domain adapter). Eval mode, frozen."""
+    folder = _checked_folder(folder)
+    unet = copy.deepcopy(text_model.unet)
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "frame_unet.safetensors")).items()})
+    return unet.eval().requires_grad_(False)
+
+
+def load_video_model(text_model, folder: str | Path = MOTION_MODULE_DIR) -> VideoUNet:
+    """The shipped video model for ``text_model`` (the base model ``shapes_sd``): a :class:`VideoUNet`
+    built on :func:`load_frame_unet` with the motion module of ``folder`` loaded, in eval mode.
+
+    folder holds ``frame_unet.safetensors``, ``motion_module.safetensors`` and ``config.json``, as
+    ``scripts/train_motion_module.py`` writes them (AnimateDiff ships a motion module the same way:
+    the temporal weights alone, for a given image model). ``text_model`` is left unchanged.
+    """
+    folder = _checked_folder(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    video = VideoUNet(load_frame_unet(text_model, folder), frames=cfg["frames"],
+                      motion_classes=cfg["motion_classes"], motion_dim=cfg["motion_dim"], num_heads=cfg["num_heads"],
+                      conv=cfg["conv"])
+    motion = load_file(str(folder / "motion_module.safetensors"))
+    expected = set(video.temporal_state_dict())
+    if set(motion) != expected:
+        lacks, extra = sorted(expected - set(motion))[:3], sorted(set(motion) - expected)[:3]
+        raise ValueError(f"{folder / 'motion_module.safetensors'} does not fit this VideoUNet: "
+                         f"missing {lacks}, unexpected {extra}")
+    video.load_state_dict(motion, strict=False)
+    return video.to(next(text_model.unet.parameters()).device).eval()

@@ -169,13 +169,19 @@ class VideoUNet(nn.Module):
         return self.motion_classes
 
     def temporal_parameters(self) -> list[nn.Parameter]:
-        """The trainable weights: temporal blocks and the motion embedding."""
-        return [p for p in self.parameters() if p.requires_grad]
+        """The new weights, the only ones that train: temporal blocks and the motion embedding.
+
+        Found by module type, not by ``requires_grad``, so a frozen copy (an EMA) names the same ones.
+        """
+        new = [m for m in self.modules() if isinstance(m, TemporalBlock)]
+        if self.motion_emb is not None:
+            new.append(self.motion_emb)
+        return [p for m in new for p in m.parameters()]
 
     def temporal_state_dict(self) -> dict[str, Tensor]:
-        """Only the new weights (what AnimateDiff ships as a "motion module")."""
+        """Only the new weights (what AnimateDiff ships as a "motion module"), detached."""
         names = {id(p) for p in self.temporal_parameters()}
-        return {k: v for k, v in self.state_dict(keep_vars=True).items() if id(v) in names}
+        return {k: v.detach() for k, v in self.state_dict(keep_vars=True).items() if id(v) in names}
 
     def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
                 motion: Tensor | None = None, temporal: bool = True) -> Tensor:
