@@ -88,7 +88,8 @@ def second_reader(verdicts: list[dict], rows: list[dict], folder: Path, bar: flo
     said = ["unreadable" if v["confidence"] < bar else v["shape"] for v in verdicts]
     return {"readers_agree_on_shape": len(both) / len(rows),
             f"shape@{bar}_vs_reader2": shape_agreement(verdicts, rows2, bar),
-            f"shape@{bar}_where_readers_agree": sum(said[k] == rows[k]["shape"] for k in both) / len(both),
+            f"shape@{bar}_where_readers_agree": shape_agreement([verdicts[k] for k in both],
+                                                                [rows[k] for k in both], bar),
             f"shape@{bar}_vs_either_reader": sum(s in (a["shape"], b["shape"])
                                                  for s, a, b in zip(said, rows, rows2)) / len(rows)}
 
