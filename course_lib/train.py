@@ -94,10 +94,9 @@ class EMA:
         ema ← d · ema + (1 − d) · w        after every optimizer step
 
     ``ema.model`` is a frozen copy of the model (eval mode) that holds the averaged weights;
-    buffers (e.g. BatchNorm statistics) and frozen weights (``requires_grad=False``) are copied,
-    not averaged. With ``warmup=True`` the decay grows as d_n = min(d, (1 + n) / (10 + n)) over
-    the first updates n, so a short run is not dominated by the random initial weights;
-    ``warmup=False`` uses d from the start.
+    buffers (e.g. BatchNorm statistics) are copied, not averaged. With ``warmup=True`` the
+    decay grows as d_n = min(d, (1 + n) / (10 + n)) over the first updates n, so a short run
+    is not dominated by the random initial weights; ``warmup=False`` uses d from the start.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
@@ -118,10 +117,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            if p.requires_grad:
-                ema_p.mul_(d).add_(p.detach(), alpha=1 - d)  # ema = d·ema + (1 − d)·w
-            else:                # frozen: copied, since d·w + (1 − d)·w need not round back to w
-                ema_p.copy_(p)
+            ema_p.mul_(d).add_(p.detach(), alpha=1 - d)  # ema = d·ema + (1 − d)·w
         for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
         self.updates += 1

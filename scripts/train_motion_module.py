@@ -185,7 +185,10 @@ def main() -> int:
               ema_decay=cfg["ema_decay"], seed=cfg["seed"], checkpoint=work / "motion.safetensors",
               checkpoint_every=250, log_every=50)
     times["motion_stage_s"] = round(time.perf_counter() - start, 1)
-    video_unet = run.ema_model.eval()
+    # What ships: the frozen frame U-Net and the averaged temporal weights. (The EMA copy's frozen
+    # weights went through d w + (1 - d) w at every step, which need not round back to w.)
+    video_unet.load_state_dict(run.ema_model.temporal_state_dict(), strict=False)
+    video_unet.eval()
 
     args.out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half().contiguous() for k, v in frame_unet.state_dict().items()},
