@@ -903,9 +903,8 @@ class MaskEditor:
 
     def mask(self) -> torch.Tensor:
         """(1, 1, S, S) float in {0, 1}: each on button a (S / cells)-pixel square of ones."""
-        k = self.size // self.cells
         cells = torch.tensor([b.value for b in self.buttons], dtype=torch.float32).view(self.cells, self.cells)
-        return cells.repeat_interleave(k, 0).repeat_interleave(k, 1)[None, None]
+        return _cells_to_mask(cells, self.size // self.cells)
 
     def clear(self) -> None:
         for b in self.buttons:
@@ -942,6 +941,11 @@ def _editor_cells(mask: torch.Tensor, cells: int) -> torch.Tensor:
     return mask.view(cells, k, cells, k).mean((1, 3)) >= 0.5
 
 
+def _cells_to_mask(cells: torch.Tensor, k: int) -> torch.Tensor:
+    """(cells, cells) -> (1, 1, S, S) with S = k * cells: each cell a k x k square of its value."""
+    return cells.repeat_interleave(k, 0).repeat_interleave(k, 1)[None, None]
+
+
 def mask_editor(fn: Callable, start: Any, cells: int = 16, label: str = "generate") -> ShownFigure | None:
     """Paint a control mask and see what ``fn`` makes of it: ``mask_editor(draw_from_mask, start=mask)``.
 
@@ -960,8 +964,7 @@ def mask_editor(fn: Callable, start: Any, cells: int = 16, label: str = "generat
         display(editor.widget)
         editor.run()
         return None
-    k = start.shape[0] // cells
-    snapped = _editor_cells(start, cells).float().repeat_interleave(k, 0).repeat_interleave(k, 1)[None, None]
+    snapped = _cells_to_mask(_editor_cells(start, cells).float(), start.shape[0] // cells)
     panels = [make_grid(snapped.expand(-1, 3, -1, -1)), _call_for_picture(fn, {"mask": snapped})]
     widths = [p.shape[1] / p.shape[0] for p in panels]          # both panels drawn at the same height
     height = min(3.2, _MAX_FIG_WIDTH / sum(widths))

@@ -215,7 +215,7 @@ def main() -> int:
     draw_samples(made, args.out)
     times["total_s"] = round(time.perf_counter() - wall, 1)
     record = {"config": cfg, "results": results, "times": times, "sampling": config,
-              "trainable_weights": sum(v.numel() for v in video_unet.temporal_state_dict().values()),
+              "trainable_weights": count_parameters(video_unet),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "python": platform.python_version(),
               "threads": torch.get_num_threads(), "device": "cpu", "smoke": args.smoke}

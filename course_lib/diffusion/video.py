@@ -177,9 +177,10 @@ def load_video_model(text_model, folder: str | Path = MOTION_MODULE_DIR) -> Vide
     ``scripts/train_motion_module.py`` writes them (AnimateDiff ships a motion module the same way:
     the temporal weights alone, for a given image model). ``text_model`` is left unchanged.
     """
-    folder = _checked_folder(folder)
+    unet = load_frame_unet(text_model, folder)                  # checks the folder
+    folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
-    video = VideoUNet(load_frame_unet(text_model, folder), frames=cfg["frames"],
+    video = VideoUNet(unet, frames=cfg["frames"],
                       motion_classes=cfg["motion_classes"], motion_dim=cfg["motion_dim"], num_heads=cfg["num_heads"],
                       conv=cfg["conv"])
     motion = load_file(str(folder / "motion_module.safetensors"))
