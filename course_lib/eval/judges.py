@@ -32,7 +32,7 @@ from torch import Tensor, nn
 __all__ = ["DigitsJudge", "ShapesJudge", "load_judge", "judge_path", "check_images",
            "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file", "extract_features"]
 
-JUDGE_NAMES = ("digits", "shapes", "shapes_calibrated", "shapes_second")
+JUDGE_NAMES = ("digits", "shapes", "shapes_calibrated", "shapes_second", "shapes_silhouette")
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"   # course_lib/checkpoints
 _RANGE_TOLERANCE = 1e-3  # allow float round-off just outside [0, 1]
 
@@ -232,6 +232,10 @@ def build_judge(config: dict) -> DigitsJudge | ShapesJudge:
     """Rebuild an untrained judge from its :meth:`config` dictionary."""
     cfg = dict(config)
     kind = cfg.pop("kind", None)
+    if kind == "silhouette":
+        from course_lib.eval.silhouette import SilhouetteJudge
+
+        return SilhouetteJudge(**cfg)
     cfg["widths"] = tuple(cfg["widths"])
     if kind == "digits":
         return DigitsJudge(**cfg)
@@ -247,11 +251,11 @@ def judge_path(name: str) -> Path:
     return CHECKPOINT_DIR / f"judge_{name}.safetensors"
 
 
-def save_judge(judge: DigitsJudge | ShapesJudge, path: str | Path) -> Path:
-    """Write ``judge``'s weights (as float16, half the bytes) and config to a safetensors file."""
+def save_judge(judge: DigitsJudge | ShapesJudge, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``judge``'s weights (as float16 by default, half the bytes) and config to a safetensors file."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in judge.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in judge.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"config": json.dumps(judge.config())})

@@ -1,0 +1,115 @@
+"""Fit the silhouette judge (``course_lib.eval.silhouette``) and ship it.
+
+    python scripts/train_silhouette_judge.py            # writes course_lib/checkpoints/judge_shapes_silhouette.*
+
+The judge's shape reader is a softmax regression on 35 numbers that describe the main object's
+outline (template IoUs, radial profile, its harmonics). It is fitted on
+- the 400 generated images of the eye-read set (``tests/data/eye_read``), each twice: once with the
+  first reader's shape label and once with the second reader's (``labels_reader2.csv``), so that
+  where two people disagree the judge learns to be unsure;
+- 300 real renders (``render_shapes(300, seed=77)``) with their true shapes.
+
+Choices (C = 0.3, both readers, the bar 0.5) were made by fitting on the even ids and reading the
+odd ids (docs/judges.md, fifth round); the script prints that held-out check again, then fits on
+everything and ships. The honest measure is a set no choice was made on:
+``tests/data/eye_read_fresh`` (``scripts/judge_agreement.py tests/data/eye_read_fresh --judge
+shapes_silhouette``). Deterministic; about 30 s on one CPU thread.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from course_lib.data.shapes import SHAPE_KINDS, render_shapes
+from course_lib.eval.agreement import EYE_READ_DIR, read_eye_read
+from course_lib.eval.judges import CHECKPOINT_DIR, save_judge
+from course_lib.eval.silhouette import SilhouetteJudge, silhouette_features
+
+C = 0.3                 # inverse L2 strength of the softmax regression
+MIN_CONFIDENCE = 0.5    # the judge's bar: below it a shape verdict does not count
+CLASSES = [*SHAPE_KINDS, "unreadable"]
+
+
+def read_labels(folder: Path = EYE_READ_DIR) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8, first reader's shapes, second reader's shapes, ids) of the eye-read set."""
+    images, rows = read_eye_read(folder)
+    with open(folder / "labels_reader2.csv", newline="") as f:
+        second = {r["id"]: r["shape"] for r in csv.DictReader(f)}
+    return (images, np.array([r["shape"] for r in rows]), np.array([second[r["id"]] for r in rows]),
+            np.array([int(r["id"]) for r in rows]))
+
+
+def fit(x: np.ndarray, y: np.ndarray) -> SilhouetteJudge:
+    """A SilhouetteJudge whose mu, sigma, W, b are a softmax regression fitted on (x, y)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=C, max_iter=10000).fit((x - mean) / scale, y)
+    order = [list(model.classes_).index(c) for c in CLASSES]       # sklearn sorts the class names
+    judge = SilhouetteJudge(min_confidence=MIN_CONFIDENCE)
+    with torch.no_grad():
+        judge.mean.copy_(torch.from_numpy(mean))
+        judge.scale.copy_(torch.from_numpy(scale))
+        judge.linear.weight.copy_(torch.from_numpy(model.coef_[order]))
+        judge.linear.bias.copy_(torch.from_numpy(model.intercept_[order]))
+    return judge.eval().requires_grad_(False)
+
+
+def said(judge: SilhouetteJudge, images: torch.Tensor) -> np.ndarray:
+    """The judge's shape word per image, "unreadable" where it abstains."""
+    labels, conf = judge.predict(images.float() / 255 if images.dtype == torch.uint8 else images)
+    words = np.array([SHAPE_KINDS[i] for i in labels["shape"].tolist()], dtype=object)
+    words[(conf["shape"] < judge.min_confidence).numpy()] = "unreadable"
+    return words
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR / "judge_shapes_silhouette.safetensors")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    images, first, second, ids = read_labels()
+    extra = render_shapes(300, seed=77)
+    f_eye = silhouette_features(images.float() / 255)[0].numpy().astype(np.float64)
+    f_real = silhouette_features(extra.images)[0].numpy().astype(np.float64)
+    y_real = np.array([SHAPE_KINDS[i] for i in extra.attrs["shape"].tolist()])
+
+    def training_set(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.vstack([f_eye[keep], f_eye[keep], f_real]),
+                np.concatenate([first[keep], second[keep], y_real]))
+
+    even, odd, agree = ids % 2 == 0, ids % 2 == 1, first == second
+    check = said(fit(*training_set(even)), images[odd])
+    held_out = {"reader_1": float(np.mean(check == first[odd])), "reader_2": float(np.mean(check == second[odd])),
+                "where_readers_agree": float(np.mean(check[agree[odd]] == first[odd][agree[odd]]))}
+    print("fitted on the even ids, read on the odd ids: " + ", ".join(f"{k} {v:.3f}" for k, v in held_out.items()))
+
+    judge = fit(*training_set(np.ones(len(ids), bool)))
+    real = render_shapes(500, seed=5150)
+    labels, _ = judge.predict(real.images)
+    on_real = {k: float((labels[k] == real.attrs[k]).float().mean()) for k in ("shape", "colour", "size", "position")}
+    on_real["shape_at_bar"] = float(np.mean(said(judge, real.images)
+                                            == np.array([SHAPE_KINDS[i] for i in real.attrs["shape"].tolist()])))
+    print("real renders (500, seed 5150): " + ", ".join(f"{k} {v:.3f}" for k, v in on_real.items()))
+    save_judge(judge, args.out, dtype=torch.float32)
+    seconds = round(time.time() - start, 1)
+    report = {"judge": "shapes_silhouette", "C": C, "min_confidence": MIN_CONFIDENCE,
+              "trained_on": "eye-read set (400 images, both readers' shape labels) + render_shapes(300, seed=77)",
+              "held_out_odd_ids_when_fitted_on_even_ids": held_out, "real_renders": on_real,
+              "train_seconds": seconds, "parameters": sum(p.numel() for p in judge.parameters())}
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out} and its .json ({seconds} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
