@@ -14,6 +14,8 @@ file               what is inside
 ``video``          video metrics of moving-shapes clips: per-frame objects, identity flicker,
                    direction and track R², clip Fréchet distance (not FVD), ``video_report``
 ``masks``          object masks and edges read back from generated images, mask IoU
+``silhouette``     the silhouette judge: shape read from the object's outline (template fits,
+                   radial profile), the judge closest to a person on hard images
 ``agreement``      how often a judge agrees with the eye-read set (tests/data/eye_read)
 ``sweeps``         the sampler comparison harness (``compare_samplers``), guidance sweeps
 ``speed``          training speed of the course U-Net against `diffusers`' UNet2DModel

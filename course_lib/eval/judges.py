@@ -282,7 +282,8 @@ def load_judge(name: str, device: str | torch.device | None = None) -> DigitsJud
     """A trained judge (one of JUDGE_NAMES): eval mode, frozen, cached per process.
 
     ``"shapes_calibrated"`` and ``"shapes_second"`` were trained to abstain on what a person would
-    call unreadable; read their verdicts at ``judge.min_confidence`` (see docs/judges.md).
+    call unreadable; ``"shapes_silhouette"`` (a :class:`course_lib.eval.silhouette.SilhouetteJudge`)
+    reads the shape from the outline. Read their verdicts at ``judge.min_confidence`` (docs/judges.md).
 
     ``device=None`` picks CUDA -> MPS -> CPU (see :func:`course_lib.device.get_device`).
     The same object is returned on every call, so do not train or modify it.

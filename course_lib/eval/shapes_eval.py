@@ -214,7 +214,7 @@ def shapes_eval_verdicts(images: Tensor, captions: list[str], judge="shapes", mi
     wanted = _check_inputs(images, captions, 0.5 if min_confidence is None else min_confidence)
     j = _get_judge(judge)
     min_confidence = verdict_bar(j, min_confidence)
-    if not hasattr(j, "heads") or "shape" not in j.heads:
+    if "shape" not in getattr(j, "heads", getattr(j, "class_names", {})):   # a shapes or silhouette judge
         raise TypeError("shapes_eval needs a judge with a 'shape' head, such as 'shapes'")
     images = images.detach().float().cpu()
     found = []

@@ -1,0 +1,112 @@
+"""The silhouette judge (issue 14): shipped, tested as shipped; the fresh eye-read set it never saw.
+
+``tests/data/eye_read_fresh`` holds 240 images of the base model read blind by two readers after
+the judge was committed; nothing was fitted or chosen on them. The judge does not reach the
+issue's 90 % shape bar there (it agrees with reader A on 87.9 %); these tests hold it to what it
+measured and fail if a change makes it worse. Numbers and their reading: docs/judges.md.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib.data import render_shapes
+from course_lib.data.shapes import SHAPE_KINDS
+from course_lib.eval.agreement import agreement_table, judge_verdicts, read_eye_read, shape_agreement
+from course_lib.eval.judges import CHECKPOINT_DIR, load_judge, load_judge_file
+from course_lib.eval.shapes_eval import shapes_eval
+from course_lib.eval.silhouette import FEATURES, silhouette_features
+
+ROOT = Path(__file__).resolve().parents[1]
+FRESH = ROOT / "tests" / "data" / "eye_read_fresh"
+ISSUE_BARS = {"shape": 0.90, "colour": 0.97, "position": 0.97}
+# measured on the fresh set at the judge's bar 0.5: shape 87.9 % (reader A), 89.2 % (reader B), 90.1 % where
+# the readers agree; colour 99.2 %, position 100 %
+FRESH_FLOORS = {"reader_a": 0.875, "reader_b": 0.89, "agreed": 0.90}
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return load_judge("shapes_silhouette", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    images, rows = read_eye_read(FRESH)
+    with open(FRESH / "labels_reader2.csv", newline="") as f:
+        second = {r["id"]: r for r in csv.DictReader(f)}
+    return images, rows, [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
+
+
+def test_the_fresh_set_is_complete_and_blind(fresh):
+    images, rows, rows_b = fresh
+    assert images.shape == (240, 3, 32, 32) and images.dtype == torch.uint8
+    assert [int(r["id"]) for r in rows] == list(range(240))
+    words = set(SHAPE_KINDS) | {"unreadable"}
+    assert all(r["shape"] in words for r in rows) and all(r["shape"] in words for r in rows_b)
+    assert {r["labeller"] for r in rows} == {"agent-A"}
+    agree = sum(a["shape"] == b["shape"] for a, b in zip(rows, rows_b))
+    assert agree == 233                                      # the two readers, as docs/judges.md quotes
+
+
+def test_fresh_agreement_holds_its_floors(judge, fresh):
+    images, rows, rows_b = fresh
+    verdicts = judge_verdicts(judge, images)
+    bar = judge.min_confidence
+    agreed = [k for k, (a, b) in enumerate(zip(rows, rows_b)) if a["shape"] == b["shape"]]
+    assert shape_agreement(verdicts, rows, bar) >= FRESH_FLOORS["reader_a"]
+    assert shape_agreement(verdicts, rows_b, bar) >= FRESH_FLOORS["reader_b"]
+    assert shape_agreement([verdicts[k] for k in agreed], [rows[k] for k in agreed], bar) >= FRESH_FLOORS["agreed"]
+    table = agreement_table(judge, folder=FRESH)
+    assert table["all"]["colour"] >= ISSUE_BARS["colour"] and table["all"]["position"] >= ISSUE_BARS["position"]
+
+
+def test_real_renders_are_read_right_at_the_bar(judge):
+    real = render_shapes(600, seed=987_654)                     # a seed nothing was fitted on
+    labels, conf = judge.predict(real.images)
+    for key in ("colour", "size", "position"):
+        assert (labels[key] == real.attrs[key]).float().mean() >= 0.99, key
+    right = (labels["shape"] == real.attrs["shape"]) & (conf["shape"] >= judge.min_confidence)
+    assert right.float().mean() >= 0.99
+    # other sizes are resized to 32 x 32 first; at 64 x 64 that rounds small diamonds into circles
+    # (measured: 90 % of 40 renders read right, 17 of 200 small diamonds called circles), a known limit
+    big = render_shapes(40, size=64, seed=3)
+    assert judge.predict(big.images)[0]["shape"].eq(big.attrs["shape"]).float().mean() >= 0.85
+
+
+def test_nothing_to_read_gives_no_confidence(judge):
+    blank = torch.zeros(2, 3, 32, 32)
+    labels, conf = judge.predict(blank)
+    assert set(labels) == {"shape", "colour", "size", "position"}
+    assert (conf["shape"] == 0).all() and (conf["colour"] == 0).all()
+    with pytest.raises(TypeError, match="uint8"):
+        judge.predict(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_features_have_their_names_and_the_checkpoint_its_bar(judge):
+    f, mains, radius = silhouette_features(render_shapes(4, seed=0).images)
+    assert f.shape == (4, len(FEATURES)) and len(mains) == 4 and radius.shape == (4,)
+    report = json.loads((CHECKPOINT_DIR / "judge_shapes_silhouette.json").read_text())
+    assert report["min_confidence"] == judge.min_confidence == 0.5
+    assert judge.features(render_shapes(4, seed=0).images).shape == (4, len(FEATURES))
+
+
+def test_shapes_eval_reads_with_it(judge):
+    real = render_shapes(60, seed=11, two_objects=0.5)
+    report = shapes_eval(real.images, real.captions, judge="shapes_silhouette")
+    assert report["overall"] >= 0.97
+
+
+def test_the_script_recreates_the_shipped_judge(tmp_path):
+    out = tmp_path / "judge.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "train_silhouette_judge.py"), "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=600)
+    made, shipped = load_judge_file(out), load_judge_file(CHECKPOINT_DIR / "judge_shapes_silhouette.safetensors")
+    for (k, a), (_, b) in zip(made.state_dict().items(), shipped.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
