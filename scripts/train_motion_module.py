@@ -117,10 +117,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="another training seed (clips and weights)")
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from metrics.json")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="score the shipped module again (after a change to the metrics): metrics.json, card")
     args = parser.parse_args()
     if args.card_only:
         write_model_card(args.out, json.loads((args.out / "metrics.json").read_text()))
         return 0
+    if args.eval_only:
+        return evaluate_shipped(args.out, args.threads)
     cfg = dict(SMOKE if args.smoke else FULL)
     if args.seed is not None:
         cfg["seed"] = args.seed
@@ -225,6 +229,24 @@ def main() -> int:
     return 0
 
 
+def evaluate_shipped(folder: Path, threads: int | None) -> int:
+    """Re-run the evaluation of the module in ``folder`` with its recorded settings; keep the rest of the record."""
+    if threads:
+        torch.set_num_threads(threads)
+    record = json.loads((folder / "metrics.json").read_text())
+    base = model_from_pipeline(CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR)).to(get_device())
+    base = base.eval().requires_grad_(False)
+    start = time.perf_counter()
+    record["results"], _ = evaluate(base, load_video_model(base, folder), record["config"],
+                                    record["sampling"]["guidance_scale"])
+    record["evaluated"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           "torch": torch.__version__, "eval_s": round(time.perf_counter() - start, 1)}
+    (folder / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_model_card(folder, record)
+    print(json.dumps(record["results"], indent=1))
+    return 0
+
+
 def draw_samples(made: dict, folder: Path) -> None:
     """samples.gif: 8 real clips, then text-to-video, image-to-video and interpolation of the same captions."""
     from course_lib.viz import animate
@@ -259,6 +281,8 @@ def write_model_card(folder: Path, record: dict) -> None:
     wall = (f"frame stage {times['frame_stage_s'] / 60:.0f} min, motion stage {times['motion_stage_s'] / 60:.0f} min, "
             f"all with evaluation {times['total_s'] / 60:.0f} min ({record['date']}, torch {record['torch']})")
     i2v, interp = r["i2v"]["kept_shape_colour"], r["interp"]["inner_centroid_error"]
+    evaluated = (f", scored again on {record['evaluated']['date'][:10]} (torch {record['evaluated']['torch']}) "
+                 "after a change to the metrics" if "evaluated" in record else "")
     text = f"""# shapes_video: the course's motion module
 
 Temporal layers for the course's base model (`shapes_sd`), trained the way AnimateDiff trains its
@@ -290,7 +314,7 @@ Wall time on {record['threads']} CPU threads: {wall}.
 
 {cfg['n_eval']} clips no stage trained on (`render_moving_shapes(seed={cfg['eval_seed']})`), DDIM
 {cfg['ddim_steps']} steps, eta {cfg['eta']:g}, guidance {s:g}, read by the calibrated shapes judge
-(`course_lib.eval.video`). The per-frame image model samples every frame with its own noise.
+(`course_lib.eval.video`){evaluated}. The per-frame image model samples every frame with its own noise.
 
 {chr(10).join(lines)}
 

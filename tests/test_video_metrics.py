@@ -223,12 +223,16 @@ def test_centroid_error_and_its_frame_mask():
 
 
 def test_flicker_rule_on_hand_made_frames():
-    #                     stable     shape      unreadable   empty        colour     size
-    shape = torch.tensor([[1, 1, 1], [1, 2, 1], [1, -1, 1], [-1, -1, -1], [1, 1, 1], [1, 1, 1]])
-    colour = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 0, 0], [-1, -1, -1], [0, 0, 3], [0, 0, 0]])
-    size = torch.tensor([[0, 0, 0], [0, 0, 0], [0, -1, 0], [-1, -1, -1], [0, 0, 0], [0, 1, 0]])
+    # stable, shape changes, one frame unreadable (no evidence of a change), empty throughout, colour
+    # changes, size changes, object lost in one frame, unreadable first frame then two judged shapes
+    shape = torch.tensor([[1, 1, 1], [1, 2, 1], [1, -1, 1], [-1, -1, -1], [1, 1, 1], [1, 1, 1], [1, -1, 1],
+                          [-1, 2, 3]])
+    colour = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 0, 0], [-1, -1, -1], [0, 0, 3], [0, 0, 0], [0, -1, 0],
+                           [0, 0, 0]])
+    size = torch.tensor([[0, 0, 0], [0, 0, 0], [0, -1, 0], [-1, -1, -1], [0, 0, 0], [0, 1, 0], [0, -1, 0],
+                         [-1, 0, 0]])
     flags = identity_flicker({"shape": shape, "colour": colour, "size": size})
-    assert flags.tolist() == [False, True, True, False, True, True]
+    assert flags.tolist() == [False, True, False, False, True, True, True, True]
     assert identity_flicker({"shape": shape, "colour": colour, "size": 1 - size}).tolist()[0] is False
 
 

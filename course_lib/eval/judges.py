@@ -313,6 +313,11 @@ def _get_judge(judge, device=None) -> nn.Module:
     raise TypeError(f"judge must be 'digits', 'shapes' or a module with .features(x); got {judge!r}")
 
 
+def reads_shapes(judge: nn.Module) -> bool:
+    """True for a judge that names shapes: a ShapesJudge (a "shape" head) or a SilhouetteJudge."""
+    return "shape" in getattr(judge, "heads", getattr(judge, "class_names", {}))
+
+
 def _check_batch(images, judge: nn.Module, who: str, min_n: int = 1) -> Tensor:
     """Shape, channel and range checks with the facade's name in the message."""
     if isinstance(images, Tensor) and images.dim() == 4 and images.shape[0] < min_n:

@@ -53,7 +53,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from course_lib.data.shapes import COLOURS, POSITIONS, RELATIONS, SHAPE_KINDS, grid_cell, parse_caption
-from course_lib.eval.judges import _batches, _get_judge, _predict, check_images
+from course_lib.eval.judges import _batches, _get_judge, _predict, check_images, reads_shapes
 from course_lib.eval.masks import pixel_colours
 
 __all__ = ["CATEGORIES", "default_min_area", "find_objects", "verdict_bar", "shapes_eval_verdicts", "shapes_eval"]
@@ -214,7 +214,7 @@ def shapes_eval_verdicts(images: Tensor, captions: list[str], judge="shapes", mi
     wanted = _check_inputs(images, captions, 0.5 if min_confidence is None else min_confidence)
     j = _get_judge(judge)
     min_confidence = verdict_bar(j, min_confidence)
-    if "shape" not in getattr(j, "heads", getattr(j, "class_names", {})):   # a shapes or silhouette judge
+    if not reads_shapes(j):
         raise TypeError("shapes_eval needs a judge with a 'shape' head, such as 'shapes'")
     images = images.detach().float().cpu()
     found = []
