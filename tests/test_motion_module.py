@@ -98,3 +98,9 @@ def test_script_recreates_a_motion_module_in_smoke_mode(tmp_path):
     made, shipped = (json.loads((f / "config.json").read_text()) for f in (out, MOTION_MODULE_DIR))
     architecture = ("frames", "motion_classes", "motion_dim", "num_heads", "conv")
     assert {k: made[k] for k in architecture} == {k: shipped[k] for k in architecture}
+    # scoring the module again (after a change to the metrics) keeps the record and gives the same numbers
+    subprocess.run([sys.executable, "scripts/train_motion_module.py", "--eval-only", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["results"] == record["results"] and again["times"] == record["times"] and "evaluated" in again
+    assert "scored again on" in (out / "README.md").read_text()

@@ -26,12 +26,8 @@ part of an object's identity.
 clip flickers when its main object is lost in some frames and present in others, when its colour
 changes, or when two frames are *judged* (read at the judge's bar) as different shapes or sizes.
 A frame whose shape the judge cannot read is no evidence either way: it counts against the shape
-accuracy of that frame, not as a change of identity. (Until December 2026 an unreadable frame
-counted as a change; looked at by eye, the clips that rule flagged were small circles and crosses
-drawn the same in every frame that the calibrated judge abstained on in one to five frames; 9 of
-64 text-to-video clips of the shipped motion module, none of them a change a person would see;
-docs/judges.md.) A clip that is empty throughout does not flicker (it fails the accuracies and the
-motion instead). A second object does not count unless it becomes the largest. Real renders
+accuracy of that frame, not as a change of identity (why: docs/judges.md, "Video"). A clip that
+is empty throughout does not flicker (it fails the accuracies and the motion instead). A second object does not count unless it becomes the largest. Real renders
 flicker in 2.0 % of clips (seed 0) with the calibrated judge, all from its small-diamond
 misreadings (a small diamond read as a cross in some frames): the floor a perfect generator gets.
 
