@@ -8,6 +8,10 @@ laptop CPU in CI. These are it:
 - :class:`ShapesJudge` reads a coloured single-object image ``(N, 3, H, W)`` and says its
   shape, colour, size and position (one classification head per attribute).
 
+A third kind, not a network, reads shapes the way a person does, from the object's outline:
+``load_judge("shapes_silhouette")``, a :class:`course_lib.eval.silhouette.SilhouetteJudge` with the
+same ``predict``.
+
 Both take images in ``[0, 1]`` at any resolution (they resize to their native 16x16 /
 32x32 inside), and offer the same three views of an image::
 
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DigitsJudge", "ShapesJudge", "load_judge", "judge_path", "check_images",
-           "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file", "extract_features"]
+           "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file", "extract_features", "reads_shapes"]
 
 JUDGE_NAMES = ("digits", "shapes", "shapes_calibrated", "shapes_second", "shapes_silhouette")
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"   # course_lib/checkpoints

@@ -27,9 +27,10 @@ clip flickers when its main object is lost in some frames and present in others,
 changes, or when two frames are *judged* (read at the judge's bar) as different shapes or sizes.
 A frame whose shape the judge cannot read is no evidence either way: it counts against the shape
 accuracy of that frame, not as a change of identity (why: docs/judges.md, "Video"). A clip that
-is empty throughout does not flicker (it fails the accuracies and the motion instead). A second object does not count unless it becomes the largest. Real renders
-flicker in 2.0 % of clips (seed 0) with the calibrated judge, all from its small-diamond
-misreadings (a small diamond read as a cross in some frames): the floor a perfect generator gets.
+is empty throughout does not flicker (it fails the accuracies and the motion instead). A second
+object does not count unless it becomes the largest. Real renders flicker in 2.0 % of clips (seed
+0) with the calibrated judge, all from its small-diamond misreadings (a small diamond read as a
+cross in some frames): the floor a perfect generator gets.
 
 **Motion**, from the centroid track c_t = (x_t, y_t), fitted as a straight line in t by least
 squares, each coordinate on its own:
