@@ -1,8 +1,10 @@
 """Draw a fresh set of generated shapes images for labelling by eye (issue 14's held-out set).
 
     python scripts/sample_for_labelling.py tests/data/eye_read_fresh [--per-setting 40] [--seed 20261207]
+    python scripts/sample_for_labelling.py SET --model PIPELINE_FOLDER --name "4.07 pipeline"
 
-The images come from the course's shipped base model (``course_lib/checkpoints/shapes_sd``) under
+The images come from the course's shipped base model (``course_lib/checkpoints/shapes_sd``), or from
+any exported text-to-image pipeline folder (``--model``, e.g. the one notebook 4 · 07 exports), under
 six sampler settings, from crisp (20 DDIM steps, eta 1, guidance 2: the setting of notebooks 07-09)
 to blurred and lumpy (3 or 4 steps, no guidance) and over-guided, so that the set holds good, bad
 and ambiguous shapes. Captions are one-object grammar captions of ``render_shapes(n, seed)``, which
@@ -35,13 +37,15 @@ def main() -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--per-setting", type=int, default=40)
     parser.add_argument("--seed", type=int, default=20261207)
+    parser.add_argument("--model", type=Path, default=None, help="a pipeline folder (default: shapes_sd)")
+    parser.add_argument("--name", default="shapes_sd", help="what meta.csv calls the model")
     args = parser.parse_args()
     if (args.folder / "meta.csv").exists():
         raise SystemExit(f"{args.folder} already holds a set; choose another folder")
     from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline
 
     torch.manual_seed(args.seed)
-    pipe = CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR)
+    pipe = CourseTextToImagePipeline.from_pretrained(args.model or BASE_MODEL_DIR)
     pipe.set_progress_bar_config(disable=True)
     n = args.per_setting * len(SETTINGS)
     batch = render_shapes(n, seed=args.seed)
@@ -52,7 +56,7 @@ def main() -> int:
         out = pipe(part, guidance_scale=scale, num_inference_steps=steps, eta=eta, output_type="pt",
                    generator=torch.Generator().manual_seed(args.seed + k))
         images.append(out.images)
-        sources += [f"shapes_sd, {steps} DDIM steps, eta {eta:g}, guidance {scale:g}"] * len(part)
+        sources += [f"{args.name}, {steps} DDIM steps, eta {eta:g}, guidance {scale:g}"] * len(part)
         print(f"setting {k}: {steps} steps, eta {eta:g}, guidance {scale:g}: {len(part)} images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
     x = (torch.cat(images).clamp(0, 1) * 255).round().to(torch.uint8)[order].contiguous()

@@ -1,8 +1,9 @@
-"""The silhouette judge (issue 14): shipped, tested as shipped; the fresh eye-read set it never saw.
+"""The silhouette judge (issue 14): shipped, tested as shipped, on two eye-read sets it never saw.
 
-``tests/data/eye_read_fresh`` holds 240 images of the base model read blind by two readers after
-the judge was committed; nothing was fitted or chosen on them. The judge does not reach the
-issue's 90 % shape bar there (it agrees with reader A on 87.9 %); these tests hold it to what it
+``tests/data/eye_read_fresh`` (240 crisp images of the base model) and ``tests/data/eye_read_third``
+(180 hard images of notebook 4 · 07's pipeline) were each drawn and read blind by two readers after
+the judge was committed; nothing was fitted or chosen on them. The judge does not reach the issue's
+90 % shape bar on either (87.9 % and 81.7 % against reader A); these tests hold it to what it
 measured and fail if a change makes it worse. Numbers and their reading: docs/judges.md.
 """
 from __future__ import annotations
@@ -24,11 +25,13 @@ from course_lib.eval.shapes_eval import shapes_eval
 from course_lib.eval.silhouette import FEATURES, silhouette_features
 
 ROOT = Path(__file__).resolve().parents[1]
-FRESH = ROOT / "tests" / "data" / "eye_read_fresh"
+DATA = ROOT / "tests" / "data"
 ISSUE_BARS = {"shape": 0.90, "colour": 0.97, "position": 0.97}
-# measured on the fresh set at the judge's bar 0.5: shape 87.9 % (reader A), 89.2 % (reader B), 90.1 % where
-# the readers agree; colour 99.2 %, position 100 %
-FRESH_FLOORS = {"reader_a": 0.875, "reader_b": 0.89, "agreed": 0.90}
+# per held-out set: images, shapes the two readers agree on, and the judge's shape agreement at its bar
+# (0.5) with reader A, reader B and where they agree, as measured (fresh: 87.9 / 89.2 / 90.1 %; third:
+# 81.7 / 78.3 / 84.3 %); colour and position measured 99.2 / 100 % and 100 / 99.4 %
+HELD_OUT = {"eye_read_fresh": {"n": 240, "agree": 233, "reader_a": 0.875, "reader_b": 0.89, "agreed": 0.90},
+            "eye_read_third": {"n": 180, "agree": 159, "reader_a": 0.815, "reader_b": 0.78, "agreed": 0.84}}
 
 
 @pytest.fixture(scope="module")
@@ -36,35 +39,46 @@ def judge():
     return load_judge("shapes_silhouette", device="cpu")
 
 
-@pytest.fixture(scope="module")
-def fresh():
-    images, rows = read_eye_read(FRESH)
-    with open(FRESH / "labels_reader2.csv", newline="") as f:
+@pytest.fixture(scope="module", params=sorted(HELD_OUT))
+def held_out(request):
+    folder = DATA / request.param
+    images, rows = read_eye_read(folder)
+    with open(folder / "labels_reader2.csv", newline="") as f:
         second = {r["id"]: r for r in csv.DictReader(f)}
-    return images, rows, [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
+    return request.param, images, rows, [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
 
 
-def test_the_fresh_set_is_complete_and_blind(fresh):
-    images, rows, rows_b = fresh
-    assert images.shape == (240, 3, 32, 32) and images.dtype == torch.uint8
-    assert [int(r["id"]) for r in rows] == list(range(240))
+def test_the_held_out_sets_are_complete_and_blind(held_out):
+    name, images, rows, rows_b = held_out
+    n = HELD_OUT[name]["n"]
+    assert images.shape == (n, 3, 32, 32) and images.dtype == torch.uint8
+    assert [int(r["id"]) for r in rows] == list(range(n))
     words = set(SHAPE_KINDS) | {"unreadable"}
     assert all(r["shape"] in words for r in rows) and all(r["shape"] in words for r in rows_b)
     assert {r["labeller"] for r in rows} == {"agent-A"}
     agree = sum(a["shape"] == b["shape"] for a, b in zip(rows, rows_b))
-    assert agree == 233                                      # the two readers, as docs/judges.md quotes
+    assert agree == HELD_OUT[name]["agree"]                    # the two readers, as docs/judges.md quotes
 
 
-def test_fresh_agreement_holds_its_floors(judge, fresh):
-    images, rows, rows_b = fresh
+def test_held_out_agreement_holds_its_floors(judge, held_out):
+    name, images, rows, rows_b = held_out
+    floors = HELD_OUT[name]
     verdicts = judge_verdicts(judge, images)
     bar = judge.min_confidence
     agreed = [k for k, (a, b) in enumerate(zip(rows, rows_b)) if a["shape"] == b["shape"]]
-    assert shape_agreement(verdicts, rows, bar) >= FRESH_FLOORS["reader_a"]
-    assert shape_agreement(verdicts, rows_b, bar) >= FRESH_FLOORS["reader_b"]
-    assert shape_agreement([verdicts[k] for k in agreed], [rows[k] for k in agreed], bar) >= FRESH_FLOORS["agreed"]
-    table = agreement_table(judge, folder=FRESH)
+    assert shape_agreement(verdicts, rows, bar) >= floors["reader_a"]
+    assert shape_agreement(verdicts, rows_b, bar) >= floors["reader_b"]
+    assert shape_agreement([verdicts[k] for k in agreed], [rows[k] for k in agreed], bar) >= floors["agreed"]
+    table = agreement_table(judge, folder=DATA / name)
     assert table["all"]["colour"] >= ISSUE_BARS["colour"] and table["all"]["position"] >= ISSUE_BARS["position"]
+
+
+def test_on_the_hard_set_it_agrees_more_often_than_the_network_judges():
+    images, rows = read_eye_read(DATA / "eye_read_third")
+    ours = shape_agreement(judge_verdicts("shapes_silhouette", images), rows, 0.5)
+    for name in ("shapes_calibrated", "shapes_second"):               # 65.0 % and 61.1 % at their bars
+        theirs = shape_agreement(judge_verdicts(name, images), rows, load_judge(name, device="cpu").min_confidence)
+        assert ours > theirs + 0.1, (name, ours, theirs)
 
 
 def test_real_renders_are_read_right_at_the_bar(judge):
