@@ -62,16 +62,21 @@ def add(folder: Path, new_file: Path, source: str, captions: Path | None) -> Non
     caps = captions.read_text().splitlines() if captions else [""] * len(new)
     if len(caps) != len(new):
         raise ValueError(f"{len(new)} images but {len(caps)} captions")
-    folder.mkdir(parents=True, exist_ok=True)
     images, meta = read_set(folder) if (folder / "meta.csv").exists() else (new[:0], [])
     start = len(meta)
     meta += [{"id": str(start + i), "source": source, "caption": c} for i, c in enumerate(caps)]
-    save_file({"images": torch.cat([images, new]).contiguous()}, str(folder / "images.safetensors"))
+    write_set(folder, torch.cat([images, new]), meta)
+    print(f"added ids {start}..{len(meta) - 1} from {source}")
+
+
+def write_set(folder: Path, images: torch.Tensor, meta: list[dict]) -> None:
+    """Write a set folder's images.safetensors (uint8 (N, 3, H, W)) and meta.csv (id, source, caption)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"images": images.contiguous()}, str(folder / "images.safetensors"))
     with open(folder / "meta.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "source", "caption"])
         writer.writeheader()
         writer.writerows(meta)
-    print(f"added ids {start}..{len(meta) - 1} from {source}")
 
 
 def sheets(folder: Path, first: int, last: int, per_sheet: int = 40, out: Path | None = None) -> list[Path]:

@@ -16,15 +16,13 @@ About a minute on one CPU thread.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_shapes import sheets  # noqa: E402
+from label_shapes import sheets, write_set  # noqa: E402
 
 from course_lib.data.shapes import caption_for, render_shapes  # noqa: E402
 
@@ -59,14 +57,9 @@ def main() -> int:
         sources += [f"{args.name}, {steps} DDIM steps, eta {eta:g}, guidance {scale:g}"] * len(part)
         print(f"setting {k}: {steps} steps, eta {eta:g}, guidance {scale:g}: {len(part)} images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
-    x = (torch.cat(images).clamp(0, 1) * 255).round().to(torch.uint8)[order].contiguous()
-    args.folder.mkdir(parents=True, exist_ok=True)
-    save_file({"images": x}, str(args.folder / "images.safetensors"))
-    with open(args.folder / "meta.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "source", "caption"])
-        writer.writeheader()
-        writer.writerows({"id": str(i), "source": sources[j], "caption": captions[j]}
-                         for i, j in enumerate(order.tolist()))
+    x = (torch.cat(images).clamp(0, 1) * 255).round().to(torch.uint8)[order]
+    write_set(args.folder, x, [{"id": str(i), "source": sources[j], "caption": captions[j]}
+                               for i, j in enumerate(order.tolist())])
     written = sheets(args.folder, 0, n)
     print(f"{n} images in {args.folder}; sheets: {', '.join(p.name for p in written)}")
     return 0

@@ -136,8 +136,7 @@ def main() -> int:
     T = cfg["frames"]
 
     device = get_device()
-    pipe = CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR)
-    base = model_from_pipeline(pipe).to(device).eval().requires_grad_(False)
+    base = load_base(device)
     guidance = json.loads((BASE_MODEL_DIR / "metrics.json").read_text())["guidance_scale"]
     clips = render_moving_shapes(cfg["n_train"], frames=T, size=cfg["image_size"], seed=cfg["seed"] + 100)
     latents, vocab, caption_id, direction_id = encode_clips(base, clips, T)       # on the device
@@ -229,13 +228,18 @@ def main() -> int:
     return 0
 
 
+def load_base(device):
+    """The frozen base model shapes_sd as a TextToImage, on ``device``."""
+    base = model_from_pipeline(CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR))
+    return base.to(device).eval().requires_grad_(False)
+
+
 def evaluate_shipped(folder: Path, threads: int | None) -> int:
     """Re-run the evaluation of the module in ``folder`` with its recorded settings; keep the rest of the record."""
     if threads:
         torch.set_num_threads(threads)
     record = json.loads((folder / "metrics.json").read_text())
-    base = model_from_pipeline(CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR)).to(get_device())
-    base = base.eval().requires_grad_(False)
+    base = load_base(get_device())
     start = time.perf_counter()
     record["results"], _ = evaluate(base, load_video_model(base, folder), record["config"],
                                     record["sampling"]["guidance_scale"])

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from course_lib.data.shapes import SHAPE_KINDS, render_shapes
-from course_lib.eval.agreement import EYE_READ_DIR, read_eye_read
+from course_lib.eval.agreement import EYE_READ_DIR, judge_verdicts, read_eye_read, shape_agreement
 from course_lib.eval.judges import CHECKPOINT_DIR, save_judge
 from course_lib.eval.silhouette import SilhouetteJudge, silhouette_features
 
@@ -63,12 +63,11 @@ def fit(x: np.ndarray, y: np.ndarray) -> SilhouetteJudge:
     return judge.eval().requires_grad_(False)
 
 
-def said(judge: SilhouetteJudge, images: torch.Tensor) -> np.ndarray:
-    """The judge's shape word per image, "unreadable" where it abstains."""
-    labels, conf = judge.predict(images.float() / 255 if images.dtype == torch.uint8 else images)
-    words = np.array([SHAPE_KINDS[i] for i in labels["shape"].tolist()], dtype=object)
-    words[(conf["shape"] < judge.min_confidence).numpy()] = "unreadable"
-    return words
+def agreement(judge: SilhouetteJudge, images: torch.Tensor, *labels: np.ndarray) -> list[float]:
+    """Shape agreement of the judge at its bar with each array of shape words (abstaining agrees
+    with "unreadable" only: ``course_lib.eval.agreement.shape_agreement``)."""
+    verdicts = judge_verdicts(judge, images)
+    return [shape_agreement(verdicts, [{"shape": w} for w in words], judge.min_confidence) for words in labels]
 
 
 def main() -> int:
@@ -88,17 +87,17 @@ def main() -> int:
                 np.concatenate([first[keep], second[keep], y_real]))
 
     even, odd, agree = ids % 2 == 0, ids % 2 == 1, first == second
-    check = said(fit(*training_set(even)), images[odd])
-    held_out = {"reader_1": float(np.mean(check == first[odd])), "reader_2": float(np.mean(check == second[odd])),
-                "where_readers_agree": float(np.mean(check[agree[odd]] == first[odd][agree[odd]]))}
+    held = fit(*training_set(even))
+    r1, r2 = agreement(held, images[odd], first[odd], second[odd])
+    (both,) = agreement(held, images[odd & agree], first[odd & agree])
+    held_out = {"reader_1": r1, "reader_2": r2, "where_readers_agree": both}
     print("fitted on the even ids, read on the odd ids: " + ", ".join(f"{k} {v:.3f}" for k, v in held_out.items()))
 
     judge = fit(*training_set(np.ones(len(ids), bool)))
     real = render_shapes(500, seed=5150)
     labels, _ = judge.predict(real.images)
     on_real = {k: float((labels[k] == real.attrs[k]).float().mean()) for k in ("shape", "colour", "size", "position")}
-    on_real["shape_at_bar"] = float(np.mean(said(judge, real.images)
-                                            == np.array([SHAPE_KINDS[i] for i in real.attrs["shape"].tolist()])))
+    (on_real["shape_at_bar"],) = agreement(judge, real.images, [SHAPE_KINDS[i] for i in real.attrs["shape"].tolist()])
     print("real renders (500, seed 5150): " + ", ".join(f"{k} {v:.3f}" for k, v in on_real.items()))
     save_judge(judge, args.out, dtype=torch.float32)
     seconds = round(time.time() - start, 1)
