@@ -5,7 +5,7 @@
 
 The page takes a prompt, a negative prompt, the guidance scale, a sampler, the number of steps, a
 seed and how many images to make; it shows the images in a gallery and, under them, what
-ShapesEval (the course's GenEval, read by the calibrated shapes judge) sees in each one.
+ShapesEval (the course's GenEval, read by the course's shapes judge) sees in each one.
 
 All the work is in :func:`generate_images`, a plain function you can call from a notebook:
 
@@ -187,8 +187,9 @@ def generate_images(prompt: str, negative_prompt: str = "", guidance_scale: floa
     if parse_caption(prompt) is None:
         verdicts = [None] * num_images
     else:
+        from course_lib.eval.judges import SHAPES_JUDGE
         from course_lib.eval.shapes_eval import shapes_eval_verdicts
-        verdicts = shapes_eval_verdicts(images, [prompt] * num_images, judge="shapes_calibrated")
+        verdicts = shapes_eval_verdicts(images, [prompt] * num_images, judge=SHAPES_JUDGE)
     return Generation(images, seeds, verdicts, [_reading(s, v) for s, v in zip(seeds, verdicts)])
 
 

@@ -73,10 +73,10 @@ def random_affine(x: torch.Tensor, g: torch.Generator, max_degrees: float, max_s
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_blur(x: torch.Tensor, g: torch.Generator, max_sigma: float) -> torch.Tensor:
-    """Gaussian blur with sigma ~ U(0, max_sigma) pixels per image (5x5 kernel)."""
+def random_blur(x: torch.Tensor, g: torch.Generator, max_sigma: float, min_sigma: float = 0.0) -> torch.Tensor:
+    """Gaussian blur with sigma ~ U(min_sigma, max_sigma) pixels per image (5x5 kernel)."""
     n, c, h, w = x.shape
-    sigma = (max_sigma * torch.rand(n, generator=g)).clamp(min=1e-3).view(n, 1, 1)
+    sigma = (min_sigma + (max_sigma - min_sigma) * torch.rand(n, generator=g)).clamp(min=1e-3).view(n, 1, 1)
     d = torch.arange(-2, 3, dtype=x.dtype)
     k1 = torch.exp(-d.view(1, 5) ** 2 / (2 * sigma.view(n, 1) ** 2))       # (N, 5)
     k2 = k1[:, :, None] * k1[:, None, :]                                    # (N, 5, 5)

@@ -124,10 +124,11 @@ def test_client_same_seed_same_image_other_negative_changes_it(client):
 
 
 def test_client_twenty_seeds_of_the_red_circle_are_right(client):
+    from course_lib.eval.judges import SHAPES_JUDGE
     from course_lib.eval.shapes_eval import shapes_eval_verdicts
     paths, readings = _ask(client, seed=0, n=20)                          # seeds 0 .. 19
     images = torch.stack([_pixels(p) for p in paths])
-    verdicts = shapes_eval_verdicts(images, [EXAMPLE_PROMPT] * 20, judge="shapes_calibrated")
+    verdicts = shapes_eval_verdicts(images, [EXAMPLE_PROMPT] * 20, judge=SHAPES_JUDGE)
     right = sum(v["passed"] for v in verdicts)
     assert right >= 18, f"{right} of 20 right by the judge (bar: 90 %)\n{readings}"
     assert f"{right} of 20 right" in readings                             # the page says the same

@@ -2,9 +2,11 @@
 
 ``tests/data/eye_read_fresh`` (240 crisp images of the base model) and ``tests/data/eye_read_third``
 (180 hard images of notebook 4 · 07's pipeline) were each drawn and read blind by two readers after
-the judge was committed; nothing was fitted or chosen on them. The judge does not reach the issue's
-90 % shape bar on either (87.9 % and 81.7 % against reader A); these tests hold it to what it
-measured and fail if a change makes it worse. Numbers and their reading: docs/judges.md.
+the judge was committed; nothing was fitted on them. They were read again after the judge was refitted
+with blurred renders (a change decided on blurred renders, not on these sets; docs/judges.md, "Sixth
+round"), so they are no longer unseen. The judge reaches the issue's 90 % shape bar on the fresh set
+(90.8 / 90.4 % against the two readers) but not on the hard one (83.3 / 80.6 %); these tests hold it to
+what it measured and fail if a change makes it worse. Numbers and their reading: docs/judges.md.
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ from course_lib.eval.agreement import agreement_table, judge_verdicts, read_eye_
 from course_lib.eval.judges import CHECKPOINT_DIR, load_judge, load_judge_file
 from course_lib.eval.shapes_eval import shapes_eval
 from course_lib.eval.silhouette import FEATURES, silhouette_features
+from images import gaussian_blur
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 ISSUE_BARS = {"shape": 0.90, "colour": 0.97, "position": 0.97}
 # per held-out set: images, shapes the two readers agree on, and the judge's shape agreement at its bar
-# (0.5) with reader A, reader B and where they agree, as measured (fresh: 87.9 / 89.2 / 90.1 %; third:
-# 81.7 / 78.3 / 84.3 %); colour and position measured 99.2 / 100 % and 100 / 99.4 %
-HELD_OUT = {"eye_read_fresh": {"n": 240, "agree": 233, "reader_a": 0.875, "reader_b": 0.89, "agreed": 0.90},
-            "eye_read_third": {"n": 180, "agree": 159, "reader_a": 0.815, "reader_b": 0.78, "agreed": 0.84}}
+# (0.5) with reader A, reader B and where they agree, as measured (fresh: 90.8 / 90.4 / 92.3 %; third:
+# 83.3 / 80.6 / 86.2 %); colour and position measured 99.2 / 100 % and 100 / 99.4 %
+HELD_OUT = {"eye_read_fresh": {"n": 240, "agree": 233, "reader_a": 0.905, "reader_b": 0.90, "agreed": 0.92},
+            "eye_read_third": {"n": 180, "agree": 159, "reader_a": 0.83, "reader_b": 0.805, "agreed": 0.86}}
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +91,23 @@ def test_real_renders_are_read_right_at_the_bar(judge):
         assert (labels[key] == real.attrs[key]).float().mean() >= 0.99, key
     right = (labels["shape"] == real.attrs["shape"]) & (conf["shape"] >= judge.min_confidence)
     assert right.float().mean() >= 0.99
-    # other sizes are resized to 32 x 32 first; at 64 x 64 that rounds small diamonds into circles
-    # (measured: 90 % of 40 renders read right, 17 of 200 small diamonds called circles), a known limit
-    big = render_shapes(40, size=64, seed=3)
-    assert judge.predict(big.images)[0]["shape"].eq(big.attrs["shape"]).float().mean() >= 0.85
+
+
+@pytest.mark.parametrize("sigma, floor", [(0.5, 0.99), (0.8, 0.95)])    # measured 99.7 % and 95.7 %
+def test_blurred_renders_are_still_read(judge, sigma, floor):
+    # a person reads a blurred cross as a cross; fitted without blurred renders the judge read 93.7 %
+    # and 53.7 % (it abstained on the soft outlines)
+    real = render_shapes(600, seed=987_654)
+    labels, conf = judge.predict(gaussian_blur(real.images, sigma).clamp(0, 1))
+    right = (labels["shape"] == real.attrs["shape"]) & (conf["shape"] >= judge.min_confidence)
+    assert right.float().mean() >= floor
+
+
+def test_other_sizes_are_resized_and_read(judge):
+    # resized to 32 x 32 first: from 64 x 64 the resize blurs (measured 198 of 200 right; 176 before
+    # the blurred renders were added); from 16 x 16 it reads only 65.5 %, a known limit (docs/judges.md)
+    big = render_shapes(200, size=64, seed=3)
+    assert judge.predict(big.images)[0]["shape"].eq(big.attrs["shape"]).float().mean() >= 0.98
 
 
 def test_nothing_to_read_gives_no_confidence(judge):

@@ -5,7 +5,8 @@ file               what is inside
 =================  ==========================================================================
 ``judges``         the digits and shapes judges (small classifiers shipped as safetensors;
                    ``shapes_calibrated`` and ``shapes_second`` can abstain, docs/judges.md),
-                   and ``extract_features``: images -> judge features
+                   ``SHAPES_JUDGE``: the one the course reads shapes with, and
+                   ``extract_features``: images -> judge features
 ``distances``      FID, KID, the real-vs-real baseline, FID against the sample size
 ``accuracy``       did it draw what was asked: ``attribute_accuracy``, ``class_report``, and
                    the Inception Score
@@ -30,14 +31,14 @@ from course_lib.eval.accuracy import (attribute_accuracy, class_probabilities, c
 from course_lib.eval.coverage import knn_radii, precision_recall
 from course_lib.eval.distances import (feature_stats, fid, fid_from_features, fid_vs_sample_size, frechet_distance, kid,
                                        kid_from_features, real_vs_real_baseline)
-from course_lib.eval.judges import extract_features, load_judge
+from course_lib.eval.judges import SHAPES_JUDGE, extract_features, load_judge
 from course_lib.eval.masks import edges_of, mask_iou, object_mask
 from course_lib.eval.shapes_eval import shapes_eval, shapes_eval_verdicts
 from course_lib.eval.video import (centroid_error, clip_features, clip_frechet_distance, frame_features,
                                    frame_objects, frame_similarity, identity_flicker, track_direction, track_r2,
                                    video_report, video_verdicts)
 
-__all__ = ["load_judge", "extract_features", "feature_stats", "frechet_distance", "fid_from_features",
+__all__ = ["SHAPES_JUDGE", "load_judge", "extract_features", "feature_stats", "frechet_distance", "fid_from_features",
            "kid_from_features", "fid", "kid", "real_vs_real_baseline", "fid_vs_sample_size",
            "attribute_accuracy", "class_report", "class_probabilities", "kl_to_marginal",
            "inception_score_from_probs", "inception_score", "knn_radii", "precision_recall",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from course_lib.eval.judges import _batches, _check_batch, _get_judge, _predict
+from course_lib.eval.judges import _batches, _check_batch, _get_judge, _predict, attribute_classes
 
 __all__ = ["attribute_accuracy", "class_report", "class_probabilities", "kl_to_marginal",
            "inception_score_from_probs", "inception_score"]
@@ -60,17 +60,18 @@ def attribute_accuracy(images: Tensor, attrs, judge="shapes",
     (``judge.min_confidence`` of a calibrated judge, none for the old ``"shapes"`` judge).
     """
     j = _get_judge(judge, device)
-    if not hasattr(j, "heads"):
-        raise TypeError("attribute_accuracy needs a multi-head judge such as 'shapes'")
+    classes = attribute_classes(j)
+    if not classes:
+        raise TypeError("attribute_accuracy needs a judge of several attributes such as 'shapes_silhouette'")
     keys = tuple(keys)
-    unknown = [k for k in keys if k not in j.heads]
+    unknown = [k for k in keys if k not in classes]
     if not keys or unknown:
-        raise ValueError(f"attribute_accuracy: keys must be among the judge's heads "
-                         f"{list(j.heads)}; got {list(keys)}")
+        raise ValueError(f"attribute_accuracy: keys must be among the judge's attributes "
+                         f"{list(classes)}; got {list(keys)}")
     images = _check_batch(images, j, "attribute_accuracy")
     wanted = _attrs_as_tensors(attrs, keys, images.shape[0])
     for k in keys:
-        k_max = j.heads[k].out_features
+        k_max = classes[k]
         if wanted[k].min() < 0 or wanted[k].max() >= k_max:
             raise ValueError(f"attribute_accuracy: attrs[{k!r}] must lie in 0..{k_max - 1}; "
                              f"got values {wanted[k].min().item()}..{wanted[k].max().item()}")

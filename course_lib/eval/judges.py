@@ -34,9 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["DigitsJudge", "ShapesJudge", "load_judge", "judge_path", "check_images",
-           "JUDGE_NAMES", "build_judge", "save_judge", "load_judge_file", "extract_features", "reads_shapes"]
+           "JUDGE_NAMES", "SHAPES_JUDGE", "FEATURE_JUDGE", "build_judge", "save_judge", "load_judge_file",
+           "extract_features", "reads_shapes", "attribute_classes"]
 
 JUDGE_NAMES = ("digits", "shapes", "shapes_calibrated", "shapes_second", "shapes_silhouette")
+SHAPES_JUDGE = "shapes_silhouette"    # the judge the course reads shapes with: closest to a person (docs/judges.md)
+FEATURE_JUDGE = "shapes_calibrated"   # the network whose features embed shapes images for Fréchet distances
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"   # course_lib/checkpoints
 _RANGE_TOLERANCE = 1e-3  # allow float round-off just outside [0, 1]
 
@@ -320,6 +323,14 @@ def _get_judge(judge, device=None) -> nn.Module:
 def reads_shapes(judge: nn.Module) -> bool:
     """True for a judge that names shapes: a ShapesJudge (a "shape" head) or a SilhouetteJudge."""
     return "shape" in getattr(judge, "heads", getattr(judge, "class_names", {}))
+
+
+def attribute_classes(judge: nn.Module) -> dict[str, int]:
+    """How many classes each attribute a judge reads has: {"shape": 6, "colour": 6, ...} for a
+    ShapesJudge (its heads), the same attributes for a SilhouetteJudge ({} for the digits judge)."""
+    if hasattr(judge, "heads"):
+        return {k: head.out_features for k, head in judge.heads.items()}
+    return dict(getattr(judge, "attributes", {}))
 
 
 def _check_batch(images, judge: nn.Module, who: str, min_n: int = 1) -> Tensor:

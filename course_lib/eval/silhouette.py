@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from course_lib.data.shapes import SHAPE_KINDS
+from course_lib.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES
 
 __all__ = ["SilhouetteJudge", "silhouette_features", "silhouettes", "template_fits", "radial_profile",
            "FEATURES", "WINDOW", "SIZE_SPLIT"]
@@ -121,16 +121,25 @@ def _template_bank() -> tuple[Tensor, Tensor, Tensor]:
 
 def template_fits(maps: Tensor) -> tuple[Tensor, Tensor]:
     """(N, W, W) silhouettes -> ((N, 5) each shape's best soft IoU, (N,) the half-extent in px of
-    the best-fitting template of any shape)."""
+    the best-fitting template of any shape).
+
+    The soft IoU through the L1 distance D = sum_p |a(p) - t(p)| (min(a, t) = (a + t - |a - t|) / 2,
+    max likewise with +), one ``cdist`` per batch instead of two (N, M, W * W) tensors::
+
+        IoU = (sum a + sum t - D) / (sum a + sum t + D)
+    """
     bank, kinds, radii = _template_bank()
     m = maps.flatten(1)
     fits, best_r = torch.zeros(len(maps), len(SHAPE_KINDS)), torch.zeros(len(maps))
-    for s in range(0, len(m), 16):
-        a = m[s:s + 16, None]                                                   # (B, 1, W*W)
-        iou = torch.minimum(a, bank).sum(-1) / torch.maximum(a, bank).sum(-1).clamp(min=1e-6)   # (B, M)
+    bank_total = bank.sum(1)                                                    # (M,)
+    for s in range(0, len(m), 256):
+        a = m[s:s + 256]                                                        # (B, W*W)
+        total = a.sum(1, keepdim=True) + bank_total                             # (B, M)
+        dist = torch.cdist(a, bank, p=1)                                        # (B, M)
+        iou = (total - dist) / (total + dist).clamp(min=1e-6)
         for k in range(len(SHAPE_KINDS)):
-            fits[s:s + 16, k] = iou[:, kinds == k].max(1).values
-        best_r[s:s + 16] = radii[iou.argmax(1)]
+            fits[s:s + 256, k] = iou[:, kinds == k].max(1).values
+        best_r[s:s + 256] = radii[iou.argmax(1)]
     return fits, best_r
 
 
@@ -178,6 +187,8 @@ class SilhouetteJudge(nn.Module):
         super().__init__()
         self.min_confidence = float(min_confidence)
         self.class_names = {"shape": [*SHAPE_KINDS, "unreadable"]}
+        self.attributes = {"shape": len(SHAPE_KINDS) + 1, "colour": len(COLOURS), "size": len(SIZES),
+                           "position": len(POSITIONS)}   # classes per attribute read, as a ShapesJudge's heads
         n = len(FEATURES)
         self.register_buffer("mean", torch.zeros(n))                 # mu
         self.register_buffer("scale", torch.ones(n))                 # sigma

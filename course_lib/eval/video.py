@@ -77,15 +77,19 @@ from torch import Tensor
 from course_lib.data.moving import DIRECTIONS, parse_moving_caption
 from course_lib.data.shapes import COLOURS, SHAPE_KINDS, SIZES
 from course_lib.eval.distances import feature_stats, frechet_distance
-from course_lib.eval.judges import _batches, _get_judge, _predict, check_images, extract_features, reads_shapes
+from course_lib.eval.judges import (FEATURE_JUDGE, _batches, _get_judge, _predict, check_images,
+                                    extract_features, reads_shapes)
 from course_lib.eval.masks import pixel_colours
 from course_lib.eval.shapes_eval import find_objects, verdict_bar
 
-__all__ = ["DEFAULT_JUDGE", "frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
+__all__ = ["VIDEO_JUDGE", "frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
            "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance", "identity_name",
            "video_verdicts", "video_report"]
 
-DEFAULT_JUDGE = "shapes_calibrated"   # the judge the notebooks read shapes with (docs/judges.md)
+# The judge that reads the frames: the calibrated network, not the course's image judge (SHAPES_JUDGE, the
+# silhouette judge). On the motion module's clips the silhouette judge's small-diamond / circle confusion
+# shows as flicker in clips a person sees as steady (docs/judges.md, "Sixth round").
+VIDEO_JUDGE = "shapes_calibrated"
 _MIN_TRAVEL = 1.0                     # px: a fitted displacement below this is "does not move"
 _STILL = 0.5                          # px: RMS distance from the mean position below which R² = 0
 _STRAIGHT = 0.9                       # R² below this is mentioned in a verdict's "why"
@@ -138,13 +142,13 @@ def _check_tracks(tracks, who: str, name: str = "centroids") -> Tensor:
 def _shapes_judge(judge, who: str):
     j = _get_judge(judge)
     if not reads_shapes(j):
-        raise TypeError(f"{who} needs a judge with a 'shape' head, such as 'shapes_calibrated'")
+        raise TypeError(f"{who} needs a judge with a 'shape' head, such as 'shapes_silhouette'")
     return j
 
 
 # --------------------------------------------------------------------------- per frame
 @torch.no_grad()
-def frame_objects(videos: Tensor, judge=DEFAULT_JUDGE, min_confidence: float | None = None,
+def frame_objects(videos: Tensor, judge=VIDEO_JUDGE, min_confidence: float | None = None,
                   min_area: int | None = None, batch_size: int = 256) -> dict[str, Tensor]:
     """What ShapesEval's detector and the judge see in every frame of videos (N, T, 3, H, W).
 
@@ -294,7 +298,7 @@ def centroid_error(centroids, true_centers, frames=None) -> float:
 
 # --------------------------------------------------------------------------- judge features of clips
 @torch.no_grad()
-def frame_features(videos: Tensor, judge=DEFAULT_JUDGE, batch_size: int = 256) -> Tensor:
+def frame_features(videos: Tensor, judge=FEATURE_JUDGE, batch_size: int = 256) -> Tensor:
     """(N, T, 3, H, W) in [0, 1] -> (N, T, D) judge features of the whole frames (float32, CPU)."""
     videos = _check_videos(videos, "frame_features")
     n, t = videos.shape[:2]
@@ -327,7 +331,7 @@ def clip_features(features: Tensor) -> Tensor:
     return torch.cat([f.mean(dim=1), steps.mean(dim=1, keepdim=True), steps.amax(dim=1, keepdim=True)], dim=1)
 
 
-def clip_frechet_distance(videos_a: Tensor, videos_b: Tensor, judge=DEFAULT_JUDGE, batch_size: int = 256) -> float:
+def clip_frechet_distance(videos_a: Tensor, videos_b: Tensor, judge=FEATURE_JUDGE, batch_size: int = 256) -> float:
     """Fréchet distance between the clip features of two sets of clips (N_a, T, 3, H, W), (N_b, ...).
 
     NOT FVD (that uses I3D features, which cannot be downloaded offline): the judge's features,
@@ -381,9 +385,9 @@ def _why(i: int, want: dict, objects: dict, flicker: bool, direction: int, r2: f
     return why
 
 
-def video_verdicts(videos: Tensor, captions: list[str], judge=DEFAULT_JUDGE, true_centers=None,
+def video_verdicts(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_centers=None,
                    min_confidence: float | None = None, min_area: int | None = None,
-                   batch_size: int = 256) -> dict:
+                   batch_size: int = 256, feature_judge=FEATURE_JUDGE) -> dict:
     """Per-clip results, to find and show the failing clips. videos (N, T, 3, H, W), N captions.
 
     Returns a dict of (N,) tensors: ``flicker`` (bool), ``direction`` (long, index into DIRECTIONS,
@@ -403,7 +407,7 @@ def video_verdicts(videos: Tensor, captions: list[str], judge=DEFAULT_JUDGE, tru
             raise ValueError(f"video_verdicts: true_centers must have shape (N, T, 2) = {(n, t, 2)}, finite; "
                              f"got {tuple(true.shape)}")
     objects = frame_objects(videos, judge, min_confidence, min_area, batch_size)
-    features = frame_features(videos, judge, batch_size)
+    features = frame_features(videos, feature_judge, batch_size)
     asked = {k: torch.tensor([w[k] for w in wanted])[:, None] for k in ("shape", "colour", "size", "direction")}
     out = {"captions": list(captions), "flicker": identity_flicker(objects),
            "direction": track_direction(objects["centroid"]), "track_r2": track_r2(objects["centroid"]).float(),
@@ -421,9 +425,9 @@ def video_verdicts(videos: Tensor, captions: list[str], judge=DEFAULT_JUDGE, tru
     return out
 
 
-def video_report(videos: Tensor, captions: list[str], judge=DEFAULT_JUDGE, true_centers=None,
+def video_report(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_centers=None,
                  min_confidence: float | None = None, min_area: int | None = None,
-                 batch_size: int = 256) -> dict[str, float]:
+                 batch_size: int = 256, feature_judge=FEATURE_JUDGE) -> dict[str, float]:
     """The video metrics of clips (N, T, 3, H, W) in [0, 1] against their N captions, as a flat
     dict of finite floats for ``save_run``:
 
@@ -435,7 +439,7 @@ def video_report(videos: Tensor, captions: list[str], judge=DEFAULT_JUDGE, true_
     (px, over the frames with an object; the frame's diagonal when no frame has one) and
     ``centroid_missing`` (fraction of frames without an object).
     """
-    v = video_verdicts(videos, captions, judge, true_centers, min_confidence, min_area, batch_size)
+    v = video_verdicts(videos, captions, judge, true_centers, min_confidence, min_area, batch_size, feature_judge)
     count, readable = v["frames"]["count"], v["frames"]["readable"]
     report = {"direction_accuracy": v["direction_ok"].float().mean(), "track_r2": v["track_r2"].mean(),
               "flicker_rate": v["flicker"].float().mean(), "frame_similarity": v["frame_similarity"].mean(),
