@@ -340,7 +340,8 @@ Wall time on {record['threads']} CPU threads: {wall} ({record['date']}, torch {r
 
 ## ShapesEval on held-out captions
 
-Read by the course's shapes judge (`{record['judge']}`, docs/judges.md) through ShapesEval, the course's GenEval{scored}.
+Read by the course's shapes judge (`{record['judge']}`, docs/judges.md) through ShapesEval, the course's
+GenEval{scored}.
 {n_eval} the model never trained on, DDIM eta = {cfg['eta']:g},
 {cfg['ddim_steps']} steps, guidance s = {record['guidance_scale']:g} (chosen on trained captions: {sweep}).
 The ceiling: ShapesEval on the autoencoder's reconstructions of real renders of held-out captions.
