@@ -355,9 +355,8 @@ One-object captions, judge per attribute: shape {_pct(one['shape'])}, colour {_p
 For scale, GenEval overall: SD3 0.68 at 512 x 512, DALL-E 3 0.67 (their papers); ShapesEval is not GenEval
 (an exact detector, a 32 x 32 world), so only the direction compares.
 
-The judge is not a person: how often it agrees with people on images it never saw is in docs/judges.md
-(about nine times in ten on crisp samples of this model, eight on hard ones), so read the shape numbers as
-the judge's.
+The judge is not a person: how often it agrees with people on generated images it never saw is in
+docs/judges.md, so read the shape numbers as the judge's.
 
 ![samples](samples.png)
 """
