@@ -38,7 +38,7 @@ __all__ = ["DigitsJudge", "ShapesJudge", "load_judge", "judge_path", "check_imag
            "extract_features", "reads_shapes", "attribute_classes"]
 
 JUDGE_NAMES = ("digits", "shapes", "shapes_calibrated", "shapes_second", "shapes_silhouette")
-SHAPES_JUDGE = "shapes_calibrated"    # the judge the course reads shapes with (docs/judges.md, "Which judge")
+SHAPES_JUDGE = "shapes_silhouette"    # the judge the course reads images of shapes with (docs/judges.md)
 FEATURE_JUDGE = "shapes_calibrated"   # the network whose features embed shapes images for Fréchet distances
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"   # course_lib/checkpoints
 _RANGE_TOLERANCE = 1e-3  # allow float round-off just outside [0, 1]

@@ -77,15 +77,18 @@ from torch import Tensor
 from course_lib.data.moving import DIRECTIONS, parse_moving_caption
 from course_lib.data.shapes import COLOURS, SHAPE_KINDS, SIZES
 from course_lib.eval.distances import feature_stats, frechet_distance
-from course_lib.eval.judges import (FEATURE_JUDGE, SHAPES_JUDGE, _batches, _get_judge, _predict, check_images,
+from course_lib.eval.judges import (FEATURE_JUDGE, _batches, _get_judge, _predict, check_images,
                                     extract_features, reads_shapes)
 from course_lib.eval.masks import pixel_colours
 from course_lib.eval.shapes_eval import find_objects, verdict_bar
 
-__all__ = ["frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
+__all__ = ["VIDEO_JUDGE", "frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
            "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance", "identity_name",
            "video_verdicts", "video_report"]
 
+# The judge that reads the frames: still the calibrated network, not the course's image judge (SHAPES_JUDGE,
+# the silhouette judge), which wobbles on blurred rendered clips (docs/judges.md, "Sixth round").
+VIDEO_JUDGE = "shapes_calibrated"
 _MIN_TRAVEL = 1.0                     # px: a fitted displacement below this is "does not move"
 _STILL = 0.5                          # px: RMS distance from the mean position below which R² = 0
 _STRAIGHT = 0.9                       # R² below this is mentioned in a verdict's "why"
@@ -144,7 +147,7 @@ def _shapes_judge(judge, who: str):
 
 # --------------------------------------------------------------------------- per frame
 @torch.no_grad()
-def frame_objects(videos: Tensor, judge=SHAPES_JUDGE, min_confidence: float | None = None,
+def frame_objects(videos: Tensor, judge=VIDEO_JUDGE, min_confidence: float | None = None,
                   min_area: int | None = None, batch_size: int = 256) -> dict[str, Tensor]:
     """What ShapesEval's detector and the judge see in every frame of videos (N, T, 3, H, W).
 
@@ -381,7 +384,7 @@ def _why(i: int, want: dict, objects: dict, flicker: bool, direction: int, r2: f
     return why
 
 
-def video_verdicts(videos: Tensor, captions: list[str], judge=SHAPES_JUDGE, true_centers=None,
+def video_verdicts(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_centers=None,
                    min_confidence: float | None = None, min_area: int | None = None,
                    batch_size: int = 256, feature_judge=FEATURE_JUDGE) -> dict:
     """Per-clip results, to find and show the failing clips. videos (N, T, 3, H, W), N captions.
@@ -421,7 +424,7 @@ def video_verdicts(videos: Tensor, captions: list[str], judge=SHAPES_JUDGE, true
     return out
 
 
-def video_report(videos: Tensor, captions: list[str], judge=SHAPES_JUDGE, true_centers=None,
+def video_report(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_centers=None,
                  min_confidence: float | None = None, min_area: int | None = None,
                  batch_size: int = 256, feature_judge=FEATURE_JUDGE) -> dict[str, float]:
     """The video metrics of clips (N, T, 3, H, W) in [0, 1] against their N captions, as a flat
