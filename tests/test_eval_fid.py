@@ -272,7 +272,7 @@ def test_attribute_accuracy_takes_a_list_of_dicts_and_checks_keys(shapes):
     as_dict = attribute_accuracy(shapes.images[:20], {k: v[:20] for k, v in shapes.attrs.items()},
                                  keys=("colour", "size"))
     assert as_list == as_dict
-    with pytest.raises(ValueError, match=r"heads \['shape', 'colour', 'size', 'position'\]"):
+    with pytest.raises(ValueError, match=r"attributes \['shape', 'colour', 'size', 'position'\]"):
         attribute_accuracy(shapes.images[:20], rows, keys=("relation",))
     with pytest.raises(ValueError, match="20 images"):
         attribute_accuracy(shapes.images[:20], {k: v[:10] for k, v in shapes.attrs.items()})

@@ -395,7 +395,9 @@ def video_verdicts(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_
     attribute; no object or unreadable is wrong), ``objects`` (mean objects per frame),
     ``centroid_error`` (px, mean over the frames with an object, NaN without; only with
     ``true_centers`` (N, T, 2)); ``captions``, ``why`` (a list of strings per clip) and ``frames``
-    (:func:`frame_objects`' (N, T) dict).
+    (:func:`frame_objects`' (N, T) dict). ``judge`` reads the objects (VIDEO_JUDGE); ``feature_judge``
+    gives the features of ``frame_similarity`` (FEATURE_JUDGE, a network: the silhouette judge's
+    numbers are not an embedding).
     """
     videos = _check_videos(videos, "video_verdicts")
     n, t = videos.shape[:2]
