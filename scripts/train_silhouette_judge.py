@@ -82,11 +82,11 @@ def blurred_copy(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def reconstructed(images: torch.Tensor) -> torch.Tensor:
     """``images`` (N, 3, 32, 32) in [0, 1] encoded and decoded by the shipped base model's autoencoder."""
     from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline
-    from course_lib.diffusion.schedule import to_model_range
+    from course_lib.diffusion.schedule import to_image_range, to_model_range
 
     ae = CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR).vae.net.eval()
     with torch.no_grad():
-        return (ae.decode(ae.encode(to_model_range(images))).clamp(-1, 1) + 1) / 2
+        return to_image_range(ae.decode(ae.encode(to_model_range(images))))
 
 
 def agreement(judge: SilhouetteJudge, images: torch.Tensor, *labels: np.ndarray) -> list[float]:
@@ -126,9 +126,9 @@ def main() -> int:
     real = render_shapes(500, seed=5150)
     labels, _ = judge.predict(real.images)
     on_real = {k: float((labels[k] == real.attrs[k]).float().mean()) for k in ("shape", "colour", "size", "position")}
-    (on_real["shape_at_bar"],) = agreement(judge, real.images, [SHAPE_KINDS[i] for i in real.attrs["shape"].tolist()])
-    (on_real["shape_at_bar_blurred"],) = agreement(judge, blurred_copy(real.images, seed=1),
-                                                   [SHAPE_KINDS[i] for i in real.attrs["shape"].tolist()])
+    words = [SHAPE_KINDS[i] for i in real.attrs["shape"].tolist()]
+    (on_real["shape_at_bar"],) = agreement(judge, real.images, words)
+    (on_real["shape_at_bar_blurred"],) = agreement(judge, blurred_copy(real.images, seed=1), words)
     print("real renders (500, seed 5150): " + ", ".join(f"{k} {v:.3f}" for k, v in on_real.items()))
     save_judge(judge, args.out, dtype=torch.float32)
     seconds = round(time.time() - start, 1)

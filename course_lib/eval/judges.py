@@ -322,7 +322,7 @@ def _get_judge(judge, device=None) -> nn.Module:
 
 def reads_shapes(judge: nn.Module) -> bool:
     """True for a judge that names shapes: a ShapesJudge (a "shape" head) or a SilhouetteJudge."""
-    return "shape" in getattr(judge, "heads", getattr(judge, "class_names", {}))
+    return "shape" in attribute_classes(judge)
 
 
 def attribute_classes(judge: nn.Module) -> dict[str, int]:
