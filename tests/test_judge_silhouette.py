@@ -46,13 +46,18 @@ def judge():
     return load_judge("shapes_silhouette", device="cpu")
 
 
-@pytest.fixture(scope="module", params=sorted(HELD_OUT))
-def held_out(request):
-    folder = DATA / request.param
+def both_readers(name):
+    """(images, reader A's rows, the same rows with reader B's shapes) of a held-out set."""
+    folder = DATA / name
     images, rows = read_eye_read(folder)
     with open(folder / "labels_reader2.csv", newline="") as f:
         second = {r["id"]: r for r in csv.DictReader(f)}
-    return request.param, images, rows, [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
+    return images, rows, [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
+
+
+@pytest.fixture(scope="module", params=sorted(HELD_OUT))
+def held_out(request):
+    return request.param, *both_readers(request.param)
 
 
 def test_the_held_out_sets_are_complete_and_blind(held_out):
@@ -91,10 +96,7 @@ def test_on_the_hard_set_it_agrees_more_often_than_the_network_judges():
 def test_the_course_reads_images_with_the_judge_closest_to_the_readers():
     # the fourth set decided SHAPES_JUDGE: 88.6 / 91.8 % against readers A / B; the old judge (at 0.9)
     # 86.4 / 89.5, the calibrated 86.8 / 90.0, the second 85.9 / 89.1 (docs/judges.md, sixth round)
-    images, rows = read_eye_read(DATA / "eye_read_fourth")
-    with open(DATA / "eye_read_fourth" / "labels_reader2.csv", newline="") as f:
-        second = {r["id"]: r for r in csv.DictReader(f)}
-    rows_b = [{**r, "shape": second[r["id"]]["shape"]} for r in rows]
+    images, rows, rows_b = both_readers("eye_read_fourth")
 
     def agreement(name):
         verdicts, bar = judge_verdicts(name, images), load_judge(name, device="cpu").min_confidence or 0.9
