@@ -25,7 +25,7 @@ appearance goes to the frozen text encoder, the direction to the temporal layers
 
 Measured on 64 clips no stage trained on (render seed 999, as the notebook), DDIM 20 steps,
 eta 1, guidance from the base's card: text-to-video, image-to-video and interpolation, read by the
-calibrated shapes judge (``course_lib.eval.video``).
+course's clip judge (``course_lib.eval.video.VIDEO_JUDGE``, the silhouette judge; docs/judges.md).
 
 Interrupted? Run the same command again: both stages resume from their checkpoints in ``--work``.
 """
@@ -51,7 +51,8 @@ from course_lib.diffusion.ddpm import ddpm_loss  # noqa: E402
 from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline, model_from_pipeline  # noqa: E402
 from course_lib.diffusion.video import (MOTION_MODULE_DIR, generate_video, given_mask, load_video_model,  # noqa: E402
                                         split_motion_caption, video_loss)
-from course_lib.eval.video import centroid_error, clip_frechet_distance, frame_objects, video_report, video_verdicts  # noqa: E402
+from course_lib.eval.video import (VIDEO_JUDGE, centroid_error, clip_frechet_distance, frame_objects,  # noqa: E402
+                                   video_report, video_verdicts)
 from course_lib.models.temporal import VideoUNet  # noqa: E402
 from course_lib.models.unet import count_parameters  # noqa: E402
 from course_lib.train import fit  # noqa: E402
@@ -286,7 +287,7 @@ def write_model_card(folder: Path, record: dict) -> None:
             f"all with evaluation {times['total_s'] / 60:.0f} min ({record['date']}, torch {record['torch']})")
     i2v, interp = r["i2v"]["kept_shape_colour"], r["interp"]["inner_centroid_error"]
     evaluated = (f", scored again on {record['evaluated']['date'][:10]} (torch {record['evaluated']['torch']}) "
-                 "after a change to the metrics" if "evaluated" in record else "")
+                 "after a change to the metrics or to the judge" if "evaluated" in record else "")
     text = f"""# shapes_video: the course's motion module
 
 Temporal layers for the course's base model (`shapes_sd`), trained the way AnimateDiff trains its
@@ -317,8 +318,9 @@ Wall time on {record['threads']} CPU threads: {wall}.
 ## Measured
 
 {cfg['n_eval']} clips no stage trained on (`render_moving_shapes(seed={cfg['eval_seed']})`), DDIM
-{cfg['ddim_steps']} steps, eta {cfg['eta']:g}, guidance {s:g}, read by the calibrated shapes judge
-(`course_lib.eval.video`){evaluated}. The per-frame image model samples every frame with its own noise.
+{cfg['ddim_steps']} steps, eta {cfg['eta']:g}, guidance {s:g}, read by the course's clip judge
+(`{VIDEO_JUDGE}`, `course_lib.eval.video.VIDEO_JUDGE`; docs/judges.md){evaluated}. The per-frame image model
+samples every frame with its own noise.
 
 {chr(10).join(lines)}
 

@@ -74,20 +74,22 @@ def test_rendered_clips_score_perfectly(real, real_verdicts):
     assert report["direction_accuracy"] == 1.0 and report["track_r2"] >= 0.998, report        # 0.9987
     assert report["objects_per_frame"] == report["one_object_frames"] == 1.0, report
     assert report["empty_frames"] == report["unreadable_frames"] == report["centroid_missing"] == 0.0
-    assert report["shape_accuracy"] >= 0.99 and report["colour_accuracy"] == 1.0, report    # 0.995
+    assert report["shape_accuracy"] == 1.0 and report["colour_accuracy"] == 1.0, report
     assert report["size_accuracy"] == 1.0, report
-    # the calibrated judge reads a few small diamonds as crosses: 4 of 200 clips (2.0 %) flicker
-    assert report["flicker_rate"] <= 0.03, report
-    flickers = real_verdicts["flicker"].nonzero().flatten().tolist()
-    assert all("small" in real.captions[i] and "diamond" in real.captions[i] for i in flickers)
+    assert report["flicker_rate"] == 0.0, report      # the silhouette judge reads every frame of them right
     assert report["frame_similarity"] >= 0.95, report                                          # 0.970
     assert all(isinstance(v, float) and math.isfinite(v) for v in report.values())
     assert real_verdicts["track_r2"].min() >= 0.99                                            # 0.9942
 
 
-def test_with_the_old_judge_rendered_clips_never_flicker(real):
+def test_with_the_old_judges_rendered_clips_never_flicker_or_only_small_diamonds(real):
     report = video_report(real.videos[:100], real.captions[:100], judge="shapes")
     assert report["flicker_rate"] == 0.0 and report["shape_accuracy"] == 1.0, report
+    # the calibrated judge, which read clips until the clip frames were read blind, reads a few small
+    # diamonds as crosses: 4 of 200 clips (2.0 %) flicker
+    verdicts = video_verdicts(real.videos, real.captions, judge="shapes_calibrated")
+    flickers = verdicts["flicker"].nonzero().flatten().tolist()
+    assert len(flickers) <= 6 and all("small" in real.captions[i] and "diamond" in real.captions[i] for i in flickers)
 
 
 def test_centroids_are_where_the_renderer_put_the_object(real, real_verdicts):
@@ -110,8 +112,8 @@ def test_small_and_large_canvases():
         assert report["colour_accuracy"] == 1.0 and report["one_object_frames"] == 1.0, (size, report)
         if size == 64:
             assert report["shape_accuracy"] == 1.0 and report["flicker_rate"] == 0.0, report
-        else:    # the judge reads 16 px crops poorly (84 % here, 87 % of 1600 frames): motion only
-            assert report["shape_accuracy"] >= 0.75, report
+        else:    # the judge reads 16 px crops poorly (66 % here; it abstains on 31 %): motion only
+            assert report["shape_accuracy"] >= 0.6 and report["unreadable_frames"] <= 0.35, report
 
 
 # --------------------------------------------------------------------------- broken clips
@@ -160,12 +162,20 @@ def test_empty_frames(real):
     assert blank["centroid_error"] == pytest.approx(math.hypot(32, 32)) and blank["centroid_missing"] == 1.0
 
 
-def test_blurred_clips_still_pass(real):
-    frames = gaussian_blur(real.videos[:HALF].flatten(0, 1), sigma=0.8).clamp(0, 1)
-    report = video_report(frames.view(HALF, T, 3, 32, 32), real.captions[:HALF], true_centers=real.centers[:HALF])
+def test_blurred_clips_keep_their_motion_and_all_but_small_diamonds(real):
+    frames = gaussian_blur(real.videos[:HALF].flatten(0, 1), sigma=0.8).clamp(0, 1).view(HALF, T, 3, 32, 32)
+    verdicts = video_verdicts(frames, real.captions[:HALF])
+    report = video_report(frames, real.captions[:HALF], true_centers=real.centers[:HALF])
     assert report["direction_accuracy"] >= 0.95 and report["track_r2"] >= 0.99, report        # 1.0, 0.9995
-    assert report["flicker_rate"] <= 0.02 and report["shape_accuracy"] >= 0.99, report        # 0.0, 1.0
     assert report["centroid_error"] <= 0.5, report                                             # 0.36 px
+    # the silhouette judge reads blurred small diamonds as circles in some frames: 8 of 100 clips flicker,
+    # all of them small diamonds (the calibrated judge: none); it abstains on a small cross in 2 frames;
+    # every other clip is read right in every frame
+    assert report["flicker_rate"] <= 0.1 and report["shape_accuracy"] >= 0.94, report         # 0.08, 0.948
+    small = [("small" in c, c.split()[3]) for c in real.captions[:HALF]]
+    small_diamond = torch.tensor([s and kind == "diamond" for s, kind in small])
+    others = ~torch.tensor([s and kind in ("diamond", "cross") for s, kind in small])
+    assert not verdicts["flicker"][~small_diamond].any() and (verdicts["shape_ok"][others] == 1).all()
 
 
 def test_specks_are_not_objects(real):
@@ -308,3 +318,35 @@ def test_bad_inputs_raise_clear_errors(real):
         centroid_error(real.centers[:2], real.centers[:2], frames=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match="'shape' head"):
         frame_objects(v, judge="digits")
+
+
+# --------------------------------------------------------------------------- the judge of clip frames
+def test_clips_are_read_with_the_judge_closest_to_the_clip_readers():
+    """tests/data/eye_read_clips: 896 frames of 112 clips (64 image-to-video clips of notebook 4 · 10, 24
+    text-to-video, 24 blurred renders), shuffled and read blind by two readers after every judge was
+    committed. Measured (docs/judges.md, "Clip frames read blind"): frame shapes against readers A / B,
+    silhouette 95.9 / 93.9 %, calibrated 92.7 / 90.5 %, old 95.1 / 92.9 %, second 93.9 / 91.6 %;
+    image-to-video "kept" verdicts equal to the readers' 95.3 / 95.3 % (calibrated 84.4 / 84.4 %)."""
+    import importlib.util
+    from pathlib import Path
+
+    from course_lib.eval.video import VIDEO_JUDGE
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("clip_judge_agreement", root / "scripts" / "clip_judge_agreement.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    folder = root / "tests" / "data" / "eye_read_clips"
+    videos, captions, sources, ids = script.load_clips(folder)
+    assert videos.shape == (112, T, 3, 32, 32) and ids.unique().numel() == 896
+    readers = {r: script.reader_objects(folder, name, ids) for r, name in script.READERS.items()}
+    assert (readers["A"]["shape"] == readers["B"]["shape"]).float().mean() >= 0.96                  # 97.0 %
+    score = {j: script.compare(frame_objects(videos, j), readers, captions, sources)
+             for j in ("shapes_silhouette", "shapes_calibrated", "shapes", "shapes_second")}
+    assert VIDEO_JUDGE == "shapes_silhouette"
+    ours = score[VIDEO_JUDGE]
+    assert ours["all/shape_vs_A"] >= 0.95 and ours["all/shape_vs_B"] >= 0.93, ours
+    assert ours["i2v/kept_same_as_A"] >= 0.95 and ours["i2v/kept_same_as_B"] >= 0.95, ours
+    for name, theirs in score.items():
+        if name != VIDEO_JUDGE:
+            for key in ("all/shape_vs_A", "all/shape_vs_B", "all/kept_same_as_A", "all/kept_same_as_B"):
+                assert ours[key] > theirs[key], (name, key, ours[key], theirs[key])
