@@ -120,7 +120,16 @@ def main() -> int:
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from metrics.json")
     parser.add_argument("--eval-only", action="store_true",
                         help="score the shipped module again (after a change to the metrics): metrics.json, card")
+    parser.add_argument("--second-seed", type=Path, metavar="FOLDER",
+                        help="copy the results of another training seed's --out FOLDER into the card")
     args = parser.parse_args()
+    if args.second_seed:
+        other = json.loads((args.second_seed / "metrics.json").read_text())
+        record = json.loads((args.out / "metrics.json").read_text())
+        record["second_seed"] = {key: other[key] for key in ("config", "results", "times", "threads", "date")}
+        (args.out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_model_card(args.out, record)
+        return 0
     if args.card_only:
         write_model_card(args.out, json.loads((args.out / "metrics.json").read_text()))
         return 0
@@ -264,6 +273,25 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _second_seed(record: dict) -> str:
+    """The card's paragraph on another training seed (``--second-seed``), or nothing."""
+    if "second_seed" not in record:
+        return ""
+    other = record["second_seed"]
+    r, t = other["results"], other["times"]
+    cells = [("text-to-video direction", _pct(r["t2v"]["direction_accuracy"])), ("R²", f"{r['t2v']['track_r2']:.3f}"),
+             ("flicker", _pct(r["t2v"]["flicker_rate"])),
+             ("Fréchet ratio", f"{r['t2v']['frechet_ratio_baseline_to_video']:.2f}x"),
+             ("image-to-video kept", _pct(r["i2v"]["kept_shape_colour"])),
+             ("interpolation flicker", _pct(r["interp"]["flicker_rate"])),
+             ("in-between error", f"{r['interp']['inner_centroid_error']:.2f} px")]
+    threads = f"{other['threads']} thread" + ("s" if other["threads"] > 1 else "")
+    return (f"**A second training seed** (`--seed {other['config']['seed']}`, not shipped; {t['total_s'] / 60:.0f} min "
+            f"on {threads} beside other work, {other['date'][:10]}), the same {other['config']['n_eval']} clips "
+            "and judge: "
+            + ", ".join(f"{name} {value}" for name, value in cells) + ".\n\n")
+
+
 def write_model_card(folder: Path, record: dict) -> None:
     """README.md of the motion module folder, from its metrics.json record."""
     cfg, r, times = record["config"], record["results"], record["times"]
@@ -329,7 +357,7 @@ Clip Fréchet distance on judge features (not FVD): the per-frame baseline's is
 object's shape and colour in every frame in {_pct(i2v)} of clips; interpolation's
 in-between frames are {interp:.2f} px from the true path on average.
 
-![samples: real clips, text-to-video, image-to-video, interpolation (rows of 8)](samples.gif)
+{_second_seed(record)}![samples: real clips, text-to-video, image-to-video, interpolation (rows of 8)](samples.gif)
 """
     (folder / "README.md").write_text(text)
 

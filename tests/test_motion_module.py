@@ -104,3 +104,17 @@ def test_script_recreates_a_motion_module_in_smoke_mode(tmp_path):
     again = json.loads((out / "metrics.json").read_text())
     assert again["results"] == record["results"] and again["times"] == record["times"] and "evaluated" in again
     assert "scored again on" in (out / "README.md").read_text()
+    # a second training seed's results go into the card beside the first's
+    subprocess.run([sys.executable, "scripts/train_motion_module.py", "--second-seed", str(out), "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    card = (out / "README.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["second_seed"]["results"] == record["results"]
+    assert "A second training seed" in card and "image-to-video kept" in card
+
+
+def test_shipped_card_reports_the_second_training_seed():
+    record = json.loads((MOTION_MODULE_DIR / "metrics.json").read_text())
+    assert record["second_seed"]["config"]["seed"] == 1 and not record["second_seed"]["config"].get("smoke")
+    card = (MOTION_MODULE_DIR / "README.md").read_text()
+    kept = record["second_seed"]["results"]["i2v"]["kept_shape_colour"]
+    assert f"image-to-video kept {100 * kept:.1f} %" in card
