@@ -2,6 +2,9 @@
 
     python scripts/sample_clips_for_labelling.py tests/data/eye_read_clips     # about 5 min on 2 CPU cores
 
+(The committed set was drawn with one torch thread, as ``torch.set_num_threads(1)``; another thread
+count can change the generated clips in their last bits.)
+
 The video metrics (``course_lib.eval.video``) read every frame of a clip with ``VIDEO_JUDGE``. This
 set asks readers to name the shape, colour and size in single frames, so that each judge's reading
 of clip frames, and what it makes of whole clips (image-to-video "kept", identity flicker), can be
