@@ -43,21 +43,20 @@ SEED = 20261213
 def draw(seed: int = 0) -> tuple[torch.Tensor, list[str], list[str]]:
     """Clips (112, 8, 3, 32, 32) in [0, 1], their sources and captions."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from course_lib.data.moving import render_moving_shapes
-    from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline, model_from_pipeline
-    from course_lib.diffusion.video import generate_video, given_mask, load_frame_unet, load_video_model
+    from train_motion_module import load_base, make_clips
 
-    base = model_from_pipeline(CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR)).eval().requires_grad_(False)
+    from course_lib.data.moving import render_moving_shapes
+    from course_lib.diffusion.export import BASE_MODEL_DIR
+    from course_lib.diffusion.video import load_frame_unet, load_video_model
+
+    base = load_base("cpu")
     guidance = json.loads((BASE_MODEL_DIR / "metrics.json").read_text())["guidance_scale"]
     base.unet = load_frame_unet(base)                     # as notebook 4 · 10 builds it
     shipped = load_video_model(base)
     test = render_moving_shapes(64, frames=8, size=32, seed=seed + 999)
 
-    def clips(mode):
-        given = given_mask(64, 8, mode) if mode != "none" else None
-        return generate_video(base, shipped, test.captions, guidance_scale=guidance, steps=20, eta=1.0,
-                              generator=torch.Generator().manual_seed(seed + 7),
-                              given_frames=test.videos if given is not None else None, given=given)
+    def clips(mode):                                      # the notebook's make_clips: generator seeded seed + 7
+        return make_clips(base, shipped, test, guidance, steps=20, eta=1.0, seed=seed + 7, mode=mode)
 
     i2v, t2v = clips("first"), clips("none")[:24]
     rendered = render_moving_shapes(24, frames=8, size=32, seed=SEED)

@@ -77,16 +77,24 @@ def encode_clips(base, clips, frames: int) -> tuple[torch.Tensor, list[str], tor
     return z, vocab, ids, torch.tensor(directions, device=z.device)
 
 
+def make_clips(base, video_unet: VideoUNet, clips, guidance: float, steps: int, eta: float, seed: int,
+               mode: str = "none", temporal: bool = True) -> torch.Tensor:
+    """Clips (N, T, 3, S, S) for the captions of ``clips`` (a MovingShapesBatch), its frames handed in
+    where ``given_mask(mode)`` says ("none", "first", "first_last"), the generator seeded ``seed``."""
+    n, frames = clips.videos.shape[:2]
+    given = given_mask(n, frames, mode) if mode != "none" else None
+    return generate_video(base, video_unet, clips.captions, guidance_scale=guidance, steps=steps, eta=eta,
+                          generator=torch.Generator().manual_seed(seed), temporal=temporal,
+                          given_frames=clips.videos if given is not None else None, given=given)
+
+
 def evaluate(base, video_unet: VideoUNet, cfg: dict, guidance: float) -> tuple[dict, dict]:
     """Text-to-video, image-to-video and interpolation on ``n_eval`` fresh clips, and the per-frame baseline."""
     clips = render_moving_shapes(cfg["n_eval"], frames=cfg["frames"], size=cfg["image_size"], seed=cfg["eval_seed"])
 
     def make(mode="none", temporal=True):
-        given = given_mask(cfg["n_eval"], cfg["frames"], mode) if mode != "none" else None
-        return generate_video(base, video_unet, clips.captions, guidance_scale=guidance, steps=cfg["ddim_steps"],
-                              eta=cfg["eta"], generator=torch.Generator().manual_seed(cfg["eval_seed"] + 7),
-                              temporal=temporal, given_frames=clips.videos if given is not None else None,
-                              given=given)
+        return make_clips(base, video_unet, clips, guidance, cfg["ddim_steps"], cfg["eta"], cfg["eval_seed"] + 7,
+                          mode, temporal)
 
     out, made = {}, {}
     made["per_frame"], made["t2v"] = make(temporal=False), make()

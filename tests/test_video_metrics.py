@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.data.moving import render_moving_shapes
+from course_lib.data.moving import parse_moving_caption, render_moving_shapes
+from course_lib.data.shapes import SHAPE_KINDS, SIZES
 from course_lib.eval.video import (centroid_error, clip_features, clip_frechet_distance, frame_features,
                                    frame_objects, frame_similarity, identity_flicker, track_direction, track_r2,
                                    video_report, video_verdicts)
@@ -172,9 +173,10 @@ def test_blurred_clips_keep_their_motion_and_all_but_small_diamonds(real):
     # all of them small diamonds (the calibrated judge: none); it abstains on a small cross in 2 frames;
     # every other clip is read right in every frame
     assert report["flicker_rate"] <= 0.1 and report["shape_accuracy"] >= 0.94, report         # 0.08, 0.948
-    small = [("small" in c, c.split()[3]) for c in real.captions[:HALF]]
-    small_diamond = torch.tensor([s and kind == "diamond" for s, kind in small])
-    others = ~torch.tensor([s and kind in ("diamond", "cross") for s, kind in small])
+    asked = [parse_moving_caption(c) for c in real.captions[:HALF]]
+    small = [SIZES[a["size"]] == "small" for a in asked]
+    small_diamond = torch.tensor([s and SHAPE_KINDS[a["shape"]] == "diamond" for s, a in zip(small, asked)])
+    others = ~torch.tensor([s and SHAPE_KINDS[a["shape"]] in ("diamond", "cross") for s, a in zip(small, asked)])
     assert not verdicts["flicker"][~small_diamond].any() and (verdicts["shape_ok"][others] == 1).all()
 
 
