@@ -109,8 +109,10 @@ def test_temporal_block_checks_its_input():
 def test_split_motion_caption():
     assert split_motion_caption("a large red circle moves left") == ("a large red circle", 0)
     assert split_motion_caption(" a small blue square   moves down ") == ("a small blue square", 3)
-    with pytest.raises(ValueError, match="motion caption"):
-        split_motion_caption("a large red circle at the top")
+    assert split_motion_caption(" moves  up ") == ("", 2)              # the appearance left open
+    for bad in ("a large red circle at the top", "moves", "moves sideways", "a moves left", None):
+        with pytest.raises(ValueError, match="motion caption"):
+            split_motion_caption(bad)
 
 
 def test_given_mask():

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from course_lib.data.moving import parse_moving_caption
+from course_lib.data.moving import DIRECTIONS, parse_moving_caption
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.solver import DDIMRule, sample
@@ -41,11 +41,19 @@ MOTION_MODULE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shape
 
 
 def split_motion_caption(caption: str) -> tuple[str, int]:
-    """"a large red circle moves left" -> ("a large red circle", DIRECTIONS.index("left"))."""
+    """"a large red circle moves left" -> ("a large red circle", DIRECTIONS.index("left")).
+
+    "moves left" leaves the appearance open: ("", 0), the empty caption that training's caption
+    dropout showed the model (any object, moving left).
+    """
+    words = caption.split() if isinstance(caption, str) else []
+    if len(words) == 2 and words[0] == "moves" and words[1] in DIRECTIONS:
+        return "", DIRECTIONS.index(words[1])
     attrs = parse_moving_caption(caption)
     if attrs is None:
-        raise ValueError(f"not a motion caption (\"a <size> <colour> <shape> moves <direction>\"): {caption!r}")
-    appearance, _ = " ".join(caption.split()).split(" moves ")
+        raise ValueError(f"not a motion caption (\"a <size> <colour> <shape> moves <direction>\" "
+                         f"or \"moves <direction>\"): {caption!r}")
+    appearance, _ = " ".join(words).split(" moves ")
     return appearance, attrs["direction"]
 
 
