@@ -37,3 +37,26 @@ def test_dreambooth_loss_is_one_noising_and_one_call_split_in_two():
     pred = model.unet(ps.x_t, t, context=context, context_mask=mask)
     want = F.mse_loss(pred[:2], noise[:2]) + 0.7 * F.mse_loss(pred[2:], noise[2:])
     torch.testing.assert_close(got, want)
+
+
+def test_dreambooth_loss_with_a_teacher_regresses_the_prior_rows_on_its_prediction():
+    model, frozen = tiny_text_to_image(), tiny_text_to_image(seed=1)
+    latents = torch.randn(6, *model.latent_shape(16))
+    context, mask = model.encode_prompt(["a sks circle at the top"] * 2 + ["a circle at the top"] * 4)
+    got = dreambooth_loss(model.unet, model.schedule, latents, context, mask, n_instance=2, prior_weight=0.7,
+                          generator=torch.Generator().manual_seed(3), teacher=frozen.unet)
+    g = torch.Generator().manual_seed(3)
+    path = DiffusionPath(model.schedule, "eps")
+    t = path.sample_t(6, g)
+    noise = torch.randn(latents.shape, generator=g)
+    ps = path.sample(latents, noise, t)
+    pred = model.unet(ps.x_t, t, context=context, context_mask=mask)
+    taught = frozen.unet(ps.x_t[2:], t[2:], context=context[2:], context_mask=mask[2:])
+    want = F.mse_loss(pred[:2], noise[:2]) + 0.7 * F.mse_loss(pred[2:], taught)
+    torch.testing.assert_close(got, want)
+    # the student as its own teacher: the prior half is zero, only the instance half is left
+    alone = dreambooth_loss(model.unet, model.schedule, latents, context, mask, n_instance=2, prior_weight=0.7,
+                            generator=torch.Generator().manual_seed(3), teacher=model.unet)
+    torch.testing.assert_close(alone, F.mse_loss(pred[:2], noise[:2]))
+    got.backward()                                              # no gradient reaches the teacher
+    assert all(p.grad is None for p in frozen.unet.parameters())
