@@ -23,35 +23,41 @@ def test_prior_preservation_loss_weighs_each_part_by_its_own_mean():
         prior_preservation_loss(pred, target[:4], n_instance=1)
 
 
-def test_dreambooth_loss_is_one_noising_and_one_call_split_in_two():
+def two_instance_rows_and_four_prior_rows():
+    """A tiny model, latents (6, ...) and their prompts: two instance rows, then four prior rows."""
     model = tiny_text_to_image()
     latents = torch.randn(6, *model.latent_shape(16))
     context, mask = model.encode_prompt(["a sks circle at the top"] * 2 + ["a circle at the top"] * 4)
+    return model, latents, context, mask
+
+
+def noised_by_hand(model, latents, seed):
+    """What dreambooth_loss draws from a generator seeded ``seed``: t, then the noise; -> (t, noise, x_t)."""
+    g = torch.Generator().manual_seed(seed)
+    path = DiffusionPath(model.schedule, "eps")
+    t = path.sample_t(len(latents), g)
+    noise = torch.randn(latents.shape, generator=g)
+    return t, noise, path.sample(latents, noise, t).x_t
+
+
+def test_dreambooth_loss_is_one_noising_and_one_call_split_in_two():
+    model, latents, context, mask = two_instance_rows_and_four_prior_rows()
     got = dreambooth_loss(model.unet, model.schedule, latents, context, mask, n_instance=2, prior_weight=0.7,
                           generator=torch.Generator().manual_seed(3))
-    g = torch.Generator().manual_seed(3)
-    path = DiffusionPath(model.schedule, "eps")
-    t = path.sample_t(6, g)
-    noise = torch.randn(latents.shape, generator=g)
-    ps = path.sample(latents, noise, t)
-    pred = model.unet(ps.x_t, t, context=context, context_mask=mask)
+    t, noise, x_t = noised_by_hand(model, latents, 3)
+    pred = model.unet(x_t, t, context=context, context_mask=mask)
     want = F.mse_loss(pred[:2], noise[:2]) + 0.7 * F.mse_loss(pred[2:], noise[2:])
     torch.testing.assert_close(got, want)
 
 
 def test_dreambooth_loss_with_a_teacher_regresses_the_prior_rows_on_its_prediction():
-    model, frozen = tiny_text_to_image(), tiny_text_to_image(seed=1)
-    latents = torch.randn(6, *model.latent_shape(16))
-    context, mask = model.encode_prompt(["a sks circle at the top"] * 2 + ["a circle at the top"] * 4)
+    model, latents, context, mask = two_instance_rows_and_four_prior_rows()
+    frozen = tiny_text_to_image(seed=1)
     got = dreambooth_loss(model.unet, model.schedule, latents, context, mask, n_instance=2, prior_weight=0.7,
                           generator=torch.Generator().manual_seed(3), teacher=frozen.unet)
-    g = torch.Generator().manual_seed(3)
-    path = DiffusionPath(model.schedule, "eps")
-    t = path.sample_t(6, g)
-    noise = torch.randn(latents.shape, generator=g)
-    ps = path.sample(latents, noise, t)
-    pred = model.unet(ps.x_t, t, context=context, context_mask=mask)
-    taught = frozen.unet(ps.x_t[2:], t[2:], context=context[2:], context_mask=mask[2:])
+    t, noise, x_t = noised_by_hand(model, latents, 3)
+    pred = model.unet(x_t, t, context=context, context_mask=mask)
+    taught = frozen.unet(x_t[2:], t[2:], context=context[2:], context_mask=mask[2:])
     want = F.mse_loss(pred[:2], noise[:2]) + 0.7 * F.mse_loss(pred[2:], taught)
     torch.testing.assert_close(got, want)
     # the student as its own teacher: the prior half is zero, only the instance half is left
