@@ -25,9 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_shapes import read_set  # noqa: E402
 
-from course_lib.data.moving import parse_moving_caption  # noqa: E402
 from course_lib.data.shapes import COLOURS, SHAPE_KINDS, SIZES  # noqa: E402
-from course_lib.eval.video import frame_objects, identity_flicker  # noqa: E402
+from course_lib.eval.video import frame_objects, identity_flicker, kept_identity  # noqa: E402
 
 READERS = {"A": "labels.csv", "B": "labels_reader2.csv"}
 SOURCES = {"i2v": "image-to-video", "t2v": "text-to-video", "blurred": "render blurred"}
@@ -66,14 +65,11 @@ def reader_objects(folder: Path, name: str, ids: torch.Tensor) -> dict[str, torc
 def compare(judged: dict, readers: dict, captions: list[str], sources: list[str]) -> dict:
     """Frame and clip agreement of one judge's reading with each reader's (and where they agree)."""
     both = (readers["A"]["shape"] == readers["B"]["shape"])
-    asked = [parse_moving_caption(c) for c in captions]
-    want_shape = torch.tensor([a["shape"] for a in asked])[:, None]
-    want_colour = torch.tensor([a["colour"] for a in asked])[:, None]
     src = {k: torch.tensor([s.startswith(v) for s in sources]) for k, v in SOURCES.items()}
     out = {}
 
     def kept(o):            # image-to-video's rule: every frame shows the caption's shape and colour
-        return ((o["shape"] == want_shape) & (o["colour"] == want_colour)).all(1)
+        return kept_identity(o, captions)
 
     j_kept, j_flicker = kept(judged), identity_flicker(judged)
     for part, clips in (("all", torch.ones(len(captions), dtype=torch.bool)), *src.items()):

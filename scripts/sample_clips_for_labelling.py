@@ -43,11 +43,11 @@ SEED = 20261213
 def draw(seed: int = 0) -> tuple[torch.Tensor, list[str], list[str]]:
     """Clips (112, 8, 3, 32, 32) in [0, 1], their sources and captions."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from train_motion_module import load_base, make_clips
+    from train_motion_module import load_base
 
     from course_lib.data.moving import render_moving_shapes
     from course_lib.diffusion.export import BASE_MODEL_DIR
-    from course_lib.diffusion.video import load_frame_unet, load_video_model
+    from course_lib.diffusion.video import generate_clips, load_frame_unet, load_video_model
 
     base = load_base("cpu")
     guidance = json.loads((BASE_MODEL_DIR / "metrics.json").read_text())["guidance_scale"]
@@ -56,7 +56,7 @@ def draw(seed: int = 0) -> tuple[torch.Tensor, list[str], list[str]]:
     test = render_moving_shapes(64, frames=8, size=32, seed=seed + 999)
 
     def clips(mode):                                      # the notebook's make_clips: generator seeded seed + 7
-        return make_clips(base, shipped, test, guidance, steps=20, eta=1.0, seed=seed + 7, mode=mode)
+        return generate_clips(base, shipped, test, mode, seed=seed + 7, guidance_scale=guidance, steps=20, eta=1.0)
 
     i2v, t2v = clips("first"), clips("none")[:24]
     rendered = render_moving_shapes(24, frames=8, size=32, seed=SEED)

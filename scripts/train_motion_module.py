@@ -49,8 +49,8 @@ from course_lib.data.moving import DIRECTIONS, render_moving_shapes  # noqa: E40
 from course_lib.device import get_device  # noqa: E402
 from course_lib.diffusion.ddpm import ddpm_loss  # noqa: E402
 from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline, model_from_pipeline  # noqa: E402
-from course_lib.diffusion.video import (MOTION_MODULE_DIR, generate_video, given_mask, load_video_model,  # noqa: E402
-                                        split_motion_caption, video_loss)
+from course_lib.diffusion.video import (MOTION_MODULE_DIR, generate_clips, generate_video, given_mask,  # noqa: E402
+                                        load_video_model, split_motion_caption, video_loss)
 from course_lib.eval.video import (VIDEO_JUDGE, centroid_error, clip_frechet_distance, frame_objects,  # noqa: E402
                                    video_report, video_verdicts)
 from course_lib.models.temporal import VideoUNet  # noqa: E402
@@ -77,24 +77,13 @@ def encode_clips(base, clips, frames: int) -> tuple[torch.Tensor, list[str], tor
     return z, vocab, ids, torch.tensor(directions, device=z.device)
 
 
-def make_clips(base, video_unet: VideoUNet, clips, guidance: float, steps: int, eta: float, seed: int,
-               mode: str = "none", temporal: bool = True) -> torch.Tensor:
-    """Clips (N, T, 3, S, S) for the captions of ``clips`` (a MovingShapesBatch), its frames handed in
-    where ``given_mask(mode)`` says ("none", "first", "first_last"), the generator seeded ``seed``."""
-    n, frames = clips.videos.shape[:2]
-    given = given_mask(n, frames, mode) if mode != "none" else None
-    return generate_video(base, video_unet, clips.captions, guidance_scale=guidance, steps=steps, eta=eta,
-                          generator=torch.Generator().manual_seed(seed), temporal=temporal,
-                          given_frames=clips.videos if given is not None else None, given=given)
-
-
 def evaluate(base, video_unet: VideoUNet, cfg: dict, guidance: float) -> tuple[dict, dict]:
     """Text-to-video, image-to-video and interpolation on ``n_eval`` fresh clips, and the per-frame baseline."""
     clips = render_moving_shapes(cfg["n_eval"], frames=cfg["frames"], size=cfg["image_size"], seed=cfg["eval_seed"])
 
     def make(mode="none", temporal=True):
-        return make_clips(base, video_unet, clips, guidance, cfg["ddim_steps"], cfg["eta"], cfg["eval_seed"] + 7,
-                          mode, temporal)
+        return generate_clips(base, video_unet, clips, mode, seed=cfg["eval_seed"] + 7, guidance_scale=guidance,
+                              steps=cfg["ddim_steps"], eta=cfg["eta"], temporal=temporal)
 
     out, made = {}, {}
     made["per_frame"], made["t2v"] = make(temporal=False), make()
@@ -106,8 +95,7 @@ def evaluate(base, video_unet: VideoUNet, cfg: dict, guidance: float) -> tuple[d
     fd_video = clip_frechet_distance(clips.videos, made["t2v"])
     out["t2v"]["frechet_ratio_baseline_to_video"] = fd_base / fd_video
     out["i2v"] = video_report(made["i2v"], clips.captions)
-    v = video_verdicts(made["i2v"], clips.captions)
-    out["i2v"]["kept_shape_colour"] = ((v["shape_ok"] == 1) & (v["colour_ok"] == 1)).float().mean().item()
+    out["i2v"]["kept_shape_colour"] = video_verdicts(made["i2v"], clips.captions)["kept"].float().mean().item()
     true_track = frame_objects(clips.videos)["centroid"]
     out["interp"] = video_report(made["interp"], clips.captions, true_centers=true_track)
     inner = ~given_mask(cfg["n_eval"], cfg["frames"], "first_last")

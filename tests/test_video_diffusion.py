@@ -5,7 +5,8 @@ import torch
 from tiny_models import tiny_text_to_image
 
 from course_lib.data.moving import DIRECTIONS, render_moving_shapes
-from course_lib.diffusion.video import GivenFrames, generate_video, given_mask, split_motion_caption, video_loss
+from course_lib.diffusion.video import (GivenFrames, generate_clips, generate_video, given_mask, split_motion_caption,
+                                        video_loss)
 from course_lib.models.temporal import TemporalBlock, VideoUNet
 from course_lib.models.unet import UNet
 
@@ -209,3 +210,19 @@ def test_generate_video_keeps_the_given_frames():
     assert torch.allclose(out[:, 0], expected, atol=1e-6)
     with pytest.raises(ValueError, match="given_frames"):
         generate_video(tiny, video, clips.captions, steps=2, image_size=16, given=given)
+
+
+def test_generate_clips_hands_in_the_frames_its_mode_names():
+    tiny = tiny_text_to_image()
+    video = _randomise(VideoUNet(tiny.unet, frames=T, motion_classes=4))
+    clips = render_moving_shapes(2, frames=T, size=16, seed=0)
+    kw = dict(steps=2, guidance_scale=2.0)
+    for mode in ("none", "first", "first_last"):
+        given = given_mask(2, T, mode) if mode != "none" else None
+        by_hand = generate_video(tiny, video, clips.captions, image_size=16, generator=torch.Generator().manual_seed(3),
+                                 given_frames=None if given is None else clips.videos, given=given, **kw)
+        assert torch.equal(generate_clips(tiny, video, clips, mode, seed=3, **kw), by_hand), mode
+    other = ["moves left", "moves up"]
+    assert torch.equal(generate_clips(tiny, video, clips, seed=3, captions=other, **kw),
+                       generate_video(tiny, video, other, image_size=16, generator=torch.Generator().manual_seed(3),
+                                      **kw))

@@ -12,8 +12,8 @@ import torch
 from course_lib.data.moving import parse_moving_caption, render_moving_shapes
 from course_lib.data.shapes import SHAPE_KINDS, SIZES
 from course_lib.eval.video import (centroid_error, clip_features, clip_frechet_distance, frame_features,
-                                   frame_objects, frame_similarity, identity_flicker, track_direction, track_r2,
-                                   video_report, video_verdicts)
+                                   frame_objects, frame_similarity, identity_flicker, kept_identity, track_direction,
+                                   track_r2, video_report, video_verdicts)
 from images import gaussian_blur
 
 N, T = 200, 8
@@ -246,6 +246,29 @@ def test_flicker_rule_on_hand_made_frames():
     flags = identity_flicker({"shape": shape, "colour": colour, "size": size})
     assert flags.tolist() == [False, True, False, False, True, True, True, True]
     assert identity_flicker({"shape": shape, "colour": colour, "size": 1 - size}).tolist()[0] is False
+
+
+def test_kept_rule_on_hand_made_frames():
+    # captions ask for a red circle and a blue square: kept, one frame another shape, one frame unreadable,
+    # one frame another colour, no object in one frame
+    captions = ["a large red circle moves left", "a small blue square moves up"] * 3
+    red_circle, blue_square = parse_moving_caption(captions[0]), parse_moving_caption(captions[1])
+    want_shape, want_colour = red_circle["shape"], red_circle["colour"]
+    sq, blue = blue_square["shape"], blue_square["colour"]
+    shape = torch.tensor([[want_shape] * 3, [sq, sq, SHAPE_KINDS.index("cross")], [want_shape, -1, want_shape],
+                          [sq] * 3, [want_shape] * 3, [sq, -1, sq]])
+    colour = torch.tensor([[want_colour] * 3, [blue] * 3, [want_colour] * 3, [blue, want_colour, blue],
+                           [want_colour] * 3, [blue, -1, blue]])
+    assert kept_identity({"shape": shape, "colour": colour}, captions).tolist() == [True, False, False, False,
+                                                                                     True, False]
+    with pytest.raises(ValueError, match="one caption per clip"):
+        kept_identity({"shape": shape, "colour": colour}, captions[:2])
+
+
+def test_verdicts_keep_rendered_clips_and_not_a_foreign_frame(real, real_verdicts, flickering, other):
+    assert real_verdicts["kept"].all()
+    kept = video_verdicts(flickering[:HALF], other.captions[:HALF])["kept"]
+    assert not kept.any()          # every one of these clips has a frame of another colour or shape
 
 
 def test_frame_similarity_and_clip_features_on_known_features():

@@ -35,7 +35,7 @@ from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.temporal import VideoUNet
 
 __all__ = ["MOTION_MODULE_DIR", "split_motion_caption", "video_loss", "GivenFrames", "given_mask", "generate_video",
-           "load_frame_unet", "load_video_model"]
+           "generate_clips", "load_frame_unet", "load_video_model"]
 
 MOTION_MODULE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_video"
 
@@ -157,6 +157,22 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
     if given is not None:
         z = fn.fill(z)
     return text_model.decode_latents(z).view(B, T, 3, image_size, image_size)
+
+
+def generate_clips(text_model, video_unet: VideoUNet, clips, mode: str = "none", *, seed: int = 0,
+                   captions: Sequence[str] | None = None, **sampling) -> Tensor:
+    """Clips (N, T, 3, S, S) for the N captions of ``clips`` (a ``MovingShapesBatch``), generated with
+    the real clips' frames handed in where ``given_mask(N, T, mode)`` says: "none" (text to video),
+    "first" (image to video) or "first_last" (interpolation).
+
+    captions: other captions for the same clips (e.g. with the appearance left open); seed: the
+    generator's; sampling: :func:`generate_video`'s keywords (guidance_scale, steps, eta, temporal).
+    """
+    n, frames = clips.videos.shape[:2]
+    given = given_mask(n, frames, mode) if mode != "none" else None
+    return generate_video(text_model, video_unet, clips.captions if captions is None else captions,
+                          image_size=clips.videos.shape[-1], generator=torch.Generator().manual_seed(seed),
+                          given_frames=clips.videos if given is not None else None, given=given, **sampling)
 
 
 def _checked_folder(folder: str | Path) -> Path:

@@ -83,9 +83,9 @@ from course_lib.eval.judges import (FEATURE_JUDGE, SHAPES_JUDGE, _batches, _get_
 from course_lib.eval.masks import pixel_colours
 from course_lib.eval.shapes_eval import find_objects, verdict_bar
 
-__all__ = ["VIDEO_JUDGE", "frame_objects", "identity_flicker", "track_direction", "track_r2", "centroid_error",
-           "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance", "identity_name",
-           "video_verdicts", "video_report"]
+__all__ = ["VIDEO_JUDGE", "frame_objects", "identity_flicker", "kept_identity", "track_direction", "track_r2",
+           "centroid_error", "frame_features", "frame_similarity", "clip_features", "clip_frechet_distance",
+           "identity_name", "video_verdicts", "video_report"]
 
 # The judge that reads the frames: the course's image judge, chosen by a blind reading of 896 clip frames
 # (tests/data/eye_read_clips; docs/judges.md, "Clip frames read blind"). Frame features stay FEATURE_JUDGE's.
@@ -225,6 +225,21 @@ def identity_flicker(objects: dict[str, Tensor]) -> Tensor:
     first = judged.gather(1, read.float().argmax(1)[:, None, None].expand(-1, 1, 2))  # the first read frame's
     reshaped = ((judged != first).any(-1) & read).any(1)
     return lost | recoloured | reshaped
+
+
+def kept_identity(objects: dict[str, Tensor], captions: list[str]) -> Tensor:
+    """(N,) bool: does every frame's main object have the caption's shape and colour? (image-to-video's
+    "kept": the given first frame's object is still itself in every frame.)
+
+    ``objects``: :func:`frame_objects`' dict, or any dict of (N, T) ``shape`` and ``colour`` indices
+    (-1: none or unreadable, which is not kept); captions: N motion captions.
+    """
+    if not isinstance(objects, dict) or not {"shape", "colour"} <= objects.keys():
+        raise TypeError("kept_identity: objects must be frame_objects(...)'s dict (keys shape, colour)")
+    wanted = _check_captions(captions, objects["shape"].shape[0], "kept_identity")
+    shape = torch.tensor([w["shape"] for w in wanted])[:, None]
+    colour = torch.tensor([w["colour"] for w in wanted])[:, None]
+    return ((objects["shape"] == shape) & (objects["colour"] == colour)).all(1)
 
 
 # --------------------------------------------------------------------------- motion
@@ -393,9 +408,9 @@ def video_verdicts(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_
     Returns a dict of (N,) tensors: ``flicker`` (bool), ``direction`` (long, index into DIRECTIONS,
     -1 none), ``direction_ok`` (bool), ``track_r2``, ``frame_similarity``, ``shape_ok``,
     ``colour_ok``, ``size_ok`` (fraction of the clip's frames whose main object has the caption's
-    attribute; no object or unreadable is wrong), ``objects`` (mean objects per frame),
-    ``centroid_error`` (px, mean over the frames with an object, NaN without; only with
-    ``true_centers`` (N, T, 2)); ``captions``, ``why`` (a list of strings per clip) and ``frames``
+    attribute; no object or unreadable is wrong), ``kept`` (bool, :func:`kept_identity`), ``objects``
+    (mean objects per frame), ``centroid_error`` (px, mean over the frames with an object, NaN
+    without; only with ``true_centers`` (N, T, 2)); ``captions``, ``why`` (a list of strings per clip) and ``frames``
     (:func:`frame_objects`' (N, T) dict). ``judge`` reads the objects (VIDEO_JUDGE); ``feature_judge``
     gives the features of ``frame_similarity`` (FEATURE_JUDGE, a network: the silhouette judge's
     numbers are not an embedding).
@@ -418,6 +433,7 @@ def video_verdicts(videos: Tensor, captions: list[str], judge=VIDEO_JUDGE, true_
     out["direction_ok"] = out["direction"] == asked["direction"][:, 0]
     for key in ("shape", "colour", "size"):
         out[f"{key}_ok"] = (objects[key] == asked[key]).float().mean(dim=1)
+    out["kept"] = kept_identity(objects, captions)
     if true_centers is not None:
         distance = (objects["centroid"].double() - true).norm(dim=-1)                    # (N, T), NaN: none
         out["centroid_error"] = distance.nanmean(dim=1).float()
