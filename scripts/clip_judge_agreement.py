@@ -68,10 +68,10 @@ def compare(judged: dict, readers: dict, captions: list[str], sources: list[str]
     src = {k: torch.tensor([s.startswith(v) for s in sources]) for k, v in SOURCES.items()}
     out = {}
 
-    def kept(o):            # image-to-video's rule: every frame shows the caption's shape and colour
-        return kept_identity(o, captions)
-
-    j_kept, j_flicker = kept(judged), identity_flicker(judged)
+    # image-to-video's "kept" (every frame shows the caption's shape and colour) and flicker, once per reading
+    kept = {r: kept_identity(lab, captions) for r, lab in readers.items()}
+    flicker = {r: identity_flicker(lab) for r, lab in readers.items()}
+    j_kept, j_flicker = kept_identity(judged, captions), identity_flicker(judged)
     for part, clips in (("all", torch.ones(len(captions), dtype=torch.bool)), *src.items()):
         for r, lab in readers.items():
             frames = clips[:, None].expand_as(lab["shape"])
@@ -80,10 +80,10 @@ def compare(judged: dict, readers: dict, captions: list[str], sources: list[str]
             out[f"{part}/colour_vs_{r}"] = (judged["colour"] == lab["colour"])[named].float().mean().item()
             named = frames & (lab["size"] >= 0) & (judged["size"] >= 0)
             out[f"{part}/size_vs_{r}"] = (judged["size"] == lab["size"])[named].float().mean().item()
-            out[f"{part}/kept_{r}"] = kept(lab)[clips].float().mean().item()
-            out[f"{part}/kept_same_as_{r}"] = (j_kept == kept(lab))[clips].float().mean().item()
-            out[f"{part}/flicker_{r}"] = identity_flicker(lab)[clips].float().mean().item()
-            out[f"{part}/flicker_same_as_{r}"] = (j_flicker == identity_flicker(lab))[clips].float().mean().item()
+            out[f"{part}/kept_{r}"] = kept[r][clips].float().mean().item()
+            out[f"{part}/kept_same_as_{r}"] = (j_kept == kept[r])[clips].float().mean().item()
+            out[f"{part}/flicker_{r}"] = flicker[r][clips].float().mean().item()
+            out[f"{part}/flicker_same_as_{r}"] = (j_flicker == flicker[r])[clips].float().mean().item()
         agree = clips[:, None] & both
         same = judged["shape"] == readers["A"]["shape"]
         out[f"{part}/shape_where_readers_agree"] = same[agree].float().mean().item()
