@@ -3,6 +3,7 @@
     python scripts/train_motion_module.py                          # about an hour on 2 CPU cores
     python scripts/train_motion_module.py --smoke --out /tmp/mm     # about a minute: checks the script
     python scripts/train_motion_module.py --seed 1 --out /tmp/mm1 --work /tmp/mm1_work   # a second seed
+    python scripts/train_motion_module.py --warp-stage --out /tmp/mm_warp   # notebook 4 · 10's section 8 (17 min)
 
 Writes ``course_lib/checkpoints/shapes_video/`` (``--out``; load it with
 :func:`course_lib.diffusion.video.load_video_model`):
@@ -22,6 +23,11 @@ appearance goes to the frozen text encoder, the direction to the temporal layers
    no frame given, a quarter with the first frame (image-to-video), a quarter with the first and the
    last (interpolation); caption and motion each dropped 10 % (guidance); t = T u^(1/3) (noise shift).
    Notebook 4 · 10 trains the same recipe for 400 steps on 4,000 clips; this runs 8,000 on 16,000.
+
+``--warp-stage`` (an experiment of notebook 4 · 10's section 8, not what ships): the shipped module's
+temporal layers trained 2,000 more steps on noise that moves with each clip's object (``warped_noise``
+along its true path, rho ~ U(0, 1) per clip; Go-with-the-Flow's idea), half the captions partial
+("a large circle", "a red shape"); written to ``--out`` with its own card, sampled with rho = ``warp``.
 
 Measured on 64 clips no stage trained on (render seed 999, as the notebook), DDIM 20 steps,
 eta 1, guidance from the base's card: text-to-video, image-to-video and interpolation, read by the
@@ -50,7 +56,8 @@ from course_lib.device import get_device  # noqa: E402
 from course_lib.diffusion.ddpm import ddpm_loss  # noqa: E402
 from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline, model_from_pipeline  # noqa: E402
 from course_lib.diffusion.video import (MOTION_MODULE_DIR, generate_clips, generate_video, given_mask,  # noqa: E402
-                                        load_video_model, split_motion_caption, video_loss)
+                                        load_frame_unet, load_video_model, motion_shifts, split_motion_caption,
+                                        video_loss)
 from course_lib.eval.video import (VIDEO_JUDGE, centroid_error, clip_frechet_distance, frame_objects,  # noqa: E402
                                    video_report, video_verdicts)
 from course_lib.models.temporal import VideoUNet  # noqa: E402
@@ -64,6 +71,7 @@ FULL = dict(seed=0, n_train=16000, frames=8, image_size=32,
             n_eval=64, eval_seed=999, ddim_steps=20, eta=1.0)
 SMOKE = dict(FULL, n_train=64, adapt_steps=4, adapt_batch=16, video_steps=4, video_batch=4, warmup_steps=1,
              n_eval=4, ddim_steps=3)
+WARP_STAGE = dict(warp_steps=2000, warp_lr=1e-3, warp_ema_decay=0.995, p_partial=0.5, warp=1.0)
 
 
 def encode_clips(base, clips, frames: int) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
@@ -81,9 +89,10 @@ def evaluate(base, video_unet: VideoUNet, cfg: dict, guidance: float) -> tuple[d
     """Text-to-video, image-to-video and interpolation on ``n_eval`` fresh clips, and the per-frame baseline."""
     clips = render_moving_shapes(cfg["n_eval"], frames=cfg["frames"], size=cfg["image_size"], seed=cfg["eval_seed"])
 
-    def make(mode="none", temporal=True):
+    def make(mode="none", temporal=True):       # the per-frame baseline: independent noise per frame
         return generate_clips(base, video_unet, clips, mode, seed=cfg["eval_seed"] + 7, guidance_scale=guidance,
-                              steps=cfg["ddim_steps"], eta=cfg["eta"], temporal=temporal)
+                              steps=cfg["ddim_steps"], eta=cfg["eta"], temporal=temporal,
+                              warp=cfg.get("warp", 0.0) if temporal else 0.0)
 
     out, made = {}, {}
     made["per_frame"], made["t2v"] = make(temporal=False), make()
@@ -114,6 +123,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="another training seed (clips and weights)")
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from metrics.json")
+    parser.add_argument("--warp-stage", action="store_true",
+                        help="the shipped module trained on warped noise (section 8's experiment), into --out")
     parser.add_argument("--eval-only", action="store_true",
                         help="score the shipped module again (after a change to the metrics): metrics.json, card")
     parser.add_argument("--second-seed", type=Path, metavar="FOLDER",
@@ -132,6 +143,10 @@ def main() -> int:
     if args.eval_only:
         return evaluate_shipped(args.out, args.threads)
     cfg = dict(SMOKE if args.smoke else FULL)
+    if args.warp_stage:
+        if args.out.resolve() == MOTION_MODULE_DIR.resolve():
+            parser.error("--warp-stage is an experiment, not the shipped module: give another --out folder")
+        cfg |= WARP_STAGE | ({"warp_steps": 4} if args.smoke else {})
     if args.seed is not None:
         cfg["seed"] = args.seed
     if args.threads:
@@ -150,6 +165,99 @@ def main() -> int:
         context_table, mask_table = base.encode_prompt(vocab + [""])     # the last row: the empty caption
     empty = len(vocab)
     print(f"{cfg['n_train']} training clips of {T} frames, {len(vocab)} appearance captions", flush=True)
+
+    previous = json.loads((MOTION_MODULE_DIR / "metrics.json").read_text()) if args.warp_stage else None
+    if args.warp_stage:                      # stages 1 and 2 as shipped
+        base.unet = load_frame_unet(base)
+        video_unet = load_video_model(base).train()
+        times.update({k: previous["times"][k] for k in ("frame_stage_s", "motion_stage_s")})
+        start = time.perf_counter()
+        warp_stage(base, video_unet, clips, latents, caption_id, direction_id, vocab, cfg, work)
+        times["warp_stage_s"] = round(time.perf_counter() - start, 1)
+    else:
+        video_unet = train_frames_and_motion(base, cfg, work, latents, caption_id, direction_id, context_table,
+                                             mask_table, empty, times)
+    frame_unet = base.unet
+    video_unet.eval()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in frame_unet.state_dict().items()},
+              str(args.out / "frame_unet.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in video_unet.temporal_state_dict().items()},
+              str(args.out / "motion_module.safetensors"))
+    config = {"frames": T, "motion_classes": len(DIRECTIONS), "motion_dim": cfg["motion_dim"],
+              "num_heads": cfg["num_heads"], "conv": True, "image_size": cfg["image_size"],
+              "guidance_scale": guidance, "ddim_steps": cfg["ddim_steps"], "eta": cfg["eta"],
+              "warp": cfg.get("warp", 0.0)}
+    (args.out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    reloaded = load_video_model(base, args.out)        # what a learner loads gives the same clips
+    check = [generate_video(base, m, ["a large red circle moves right"], guidance_scale=guidance, steps=3,
+                            generator=torch.Generator().manual_seed(0)) for m in (video_unet, reloaded)]
+    assert torch.equal(*check), "the reloaded motion module differs from the trained one"
+
+    start = time.perf_counter()
+    results, made = evaluate(base, video_unet, cfg, guidance)
+    times["eval_s"] = round(time.perf_counter() - start, 1)
+    draw_samples(made, args.out)
+    times["total_s"] = round(time.perf_counter() - wall, 1)
+    record = {"config": cfg, "results": results, "times": times, "sampling": config,
+              "trainable_weights": count_parameters(video_unet),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "threads": torch.get_num_threads(), "device": "cpu", "smoke": args.smoke}
+    if args.warp_stage:
+        record["stages_1_2"] = {"date": previous["date"], "torch": previous["torch"], "threads": previous["threads"]}
+    (args.out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_model_card(args.out, record)
+    print(json.dumps({"results": results, "times": times}, indent=1))
+    return 0
+
+
+def partial_captions(appearance: str) -> list[str]:
+    """The 7 captions that leave some of "a <size> <colour> <shape>" open: "a large circle", "a red shape", ..."""
+    size, colour, shape = appearance.split()[1:]
+    return [" ".join(["a", *[w for i, w in enumerate((size, colour)) if not k >> i & 1], "shape" if k & 4 else shape])
+            for k in range(1, 8)]
+
+
+def warp_stage(base, video_unet: VideoUNet, clips, latents, caption_id, direction_id, vocab, cfg, work) -> None:
+    """--warp-stage: the temporal layers on noise warped along each clip's true path, half the captions partial."""
+    T = cfg["frames"]
+    table = vocab + [p for a in vocab for p in partial_captions(a)] + [""]
+    with torch.no_grad():
+        context, mask = base.encode_prompt(table)
+    empty, n_vocab = len(table) - 1, len(vocab)
+    scale = latents.shape[-1] / cfg["image_size"]
+    shifts = motion_shifts(clips.attrs["direction"], clips.speeds, T, scale).to(latents.device)
+
+    def loss(model, batch):
+        z, cap, motion, idx = batch
+        B = len(z)
+        u = torch.rand(B).to(z.device)
+        partial = n_vocab + cap * 7 + torch.randint(0, 7, (B,)).to(z.device)
+        cap = torch.where(u < cfg["p_drop_caption"], empty, torch.where(u < cfg["p_drop_caption"] + cfg["p_partial"],
+                                                                        partial, cap))
+        motion = torch.where(torch.rand(B).to(z.device) < cfg["p_drop_motion"], model.null_motion, motion)
+        u = torch.rand(B)
+        given = torch.zeros(B, T, dtype=torch.bool)
+        given[u < 0.5, 0] = True
+        given[u < 0.25, -1] = True
+        return video_loss(model, z, base.schedule, context[cap], mask[cap], motion, given,
+                          noise_shift=cfg["noise_shift"], shifts=shifts[idx].cpu(), rho=torch.rand(B))
+
+    optimizer = torch.optim.AdamW(video_unet.temporal_parameters(), lr=cfg["warp_lr"], weight_decay=0.0)
+    data = TensorDataset(latents, caption_id, direction_id, torch.arange(len(latents), device=latents.device))
+    run = fit(video_unet, loss, data, steps=cfg["warp_steps"], batch_size=cfg["video_batch"], optimizer=optimizer,
+              warmup_steps=cfg["warmup_steps"], grad_clip=1.0, ema_decay=cfg["warp_ema_decay"], seed=cfg["seed"],
+              checkpoint=work / "warp.safetensors", checkpoint_every=250, log_every=50)
+    video_unet.load_state_dict(run.ema_model.temporal_state_dict(), strict=False)
+
+
+def train_frames_and_motion(base, cfg, work, latents, caption_id, direction_id, context_table, mask_table, empty,
+                            times) -> VideoUNet:
+    """Stages 1 and 2; leaves the frozen float16-rounded frame U-Net in ``base.unet``."""
+    T = cfg["frames"]
 
     # Stage 1: the image U-Net on single frames, their appearance captions (10 % empty).
     def frame_loss(unet, batch):
@@ -201,37 +309,7 @@ def main() -> int:
     # What ships: the frozen frame U-Net and the averaged temporal weights. (The EMA copy's frozen
     # weights went through d w + (1 - d) w at every step, which need not round back to w.)
     video_unet.load_state_dict(run.ema_model.temporal_state_dict(), strict=False)
-    video_unet.eval()
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in frame_unet.state_dict().items()},
-              str(args.out / "frame_unet.safetensors"))
-    save_file({k: v.detach().contiguous() for k, v in video_unet.temporal_state_dict().items()},
-              str(args.out / "motion_module.safetensors"))
-    config = {"frames": T, "motion_classes": len(DIRECTIONS), "motion_dim": cfg["motion_dim"],
-              "num_heads": cfg["num_heads"], "conv": True, "image_size": cfg["image_size"],
-              "guidance_scale": guidance, "ddim_steps": cfg["ddim_steps"], "eta": cfg["eta"]}
-    (args.out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-
-    reloaded = load_video_model(base, args.out)        # what a learner loads gives the same clips
-    check = [generate_video(base, m, ["a large red circle moves right"], guidance_scale=guidance, steps=3,
-                            generator=torch.Generator().manual_seed(0)) for m in (video_unet, reloaded)]
-    assert torch.equal(*check), "the reloaded motion module differs from the trained one"
-
-    start = time.perf_counter()
-    results, made = evaluate(base, video_unet, cfg, guidance)
-    times["eval_s"] = round(time.perf_counter() - start, 1)
-    draw_samples(made, args.out)
-    times["total_s"] = round(time.perf_counter() - wall, 1)
-    record = {"config": cfg, "results": results, "times": times, "sampling": config,
-              "trainable_weights": count_parameters(video_unet),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "python": platform.python_version(),
-              "threads": torch.get_num_threads(), "device": "cpu", "smoke": args.smoke}
-    (args.out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
-    write_model_card(args.out, record)
-    print(json.dumps({"results": results, "times": times}, indent=1))
-    return 0
+    return video_unet
 
 
 def load_base(device):
@@ -288,6 +366,19 @@ def _second_seed(record: dict) -> str:
             + ", ".join(f"{name} {value}" for name, value in cells) + ".\n\n")
 
 
+def _warp_stage(record: dict) -> str:
+    """The card's sentences on stage 3 (noise that moves with the object), or nothing for a two-stage module."""
+    cfg, times = record["config"], record["times"]
+    if "warp_stage_s" not in times:
+        return ""
+    where = f" (`--warp-stage`, on the module shipped on {record['stages_1_2']['date'][:10]})"
+    return ("**Not the shipped module**: an experiment of notebook 4 · 10, section 8. "
+            f"Then {cfg['warp_steps']} more steps (lr {cfg['warp_lr']:g}, EMA {cfg['warp_ema_decay']}) on noise warped "
+            f"along each clip's true path, rho ~ U(0, 1), {cfg['p_partial']:.0%} of captions partial, "
+            f"{times['warp_stage_s'] / 60:.0f} min{where}; it samples with rho = {cfg['warp']:g}, the noise moving "
+            "at a speed drawn from the world's prior (read off the given frames for interpolation).\n")
+
+
 def write_model_card(folder: Path, record: dict) -> None:
     """README.md of the motion module folder, from its metrics.json record."""
     cfg, r, times = record["config"], record["results"], record["times"]
@@ -337,14 +428,14 @@ clips = generate_video(base, video_unet, ["a large red circle moves right"], gui
 {cfg['video_steps']} steps of {cfg['video_batch']} clips (AdamW, lr {cfg['video_lr']:g}, cosine, EMA
 {cfg['ema_decay']}), noise shift t = T u^(1/{cfg['noise_shift']:g}), half the clips with no frame given, a quarter
 with the first, a quarter with the first and last; caption and motion each dropped {cfg['p_drop_caption']:.0%}.
-Wall time on {record['threads']} CPU threads: {wall}.
+{_warp_stage(record)}Wall time on {record['threads']} CPU threads: {wall}.
 
 ## Measured
 
 {cfg['n_eval']} clips no stage trained on (`render_moving_shapes(seed={cfg['eval_seed']})`), DDIM
-{cfg['ddim_steps']} steps, eta {cfg['eta']:g}, guidance {s:g}, read by the course's clip judge
-(`{VIDEO_JUDGE}`, `course_lib.eval.video.VIDEO_JUDGE`; docs/judges.md){evaluated}. The per-frame image model
-samples every frame with its own noise.
+{cfg['ddim_steps']} steps, eta {cfg['eta']:g}, guidance {s:g}, noise warp {cfg.get('warp', 0):g}, read by the course's
+clip judge (`{VIDEO_JUDGE}`, `course_lib.eval.video.VIDEO_JUDGE`; docs/judges.md){evaluated}. The per-frame image model
+samples every frame with its own noise (no warp).
 
 {chr(10).join(lines)}
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny_models import tiny_text_to_image
 
-from course_lib.data.moving import DIRECTIONS, render_moving_shapes
-from course_lib.diffusion.video import (GivenFrames, generate_clips, generate_video, given_mask, split_motion_caption,
-                                        video_loss)
+from course_lib.data.moving import DIRECTIONS, draw_speeds, render_moving_shapes
+from course_lib.diffusion.video import (GivenFrames, generate_clips, generate_video, given_mask, motion_shifts,
+                                        speeds_from_frames, split_motion_caption, video_loss, warped_noise)
 from course_lib.models.temporal import TemporalBlock, VideoUNet
 from course_lib.models.unet import UNet
 
@@ -226,3 +226,68 @@ def test_generate_clips_hands_in_the_frames_its_mode_names():
     assert torch.equal(generate_clips(tiny, video, clips, seed=3, captions=other, **kw),
                        generate_video(tiny, video, other, image_size=16, generator=torch.Generator().manual_seed(3),
                                       **kw))
+
+
+def test_motion_shifts_follow_the_direction_and_speed():
+    shifts = motion_shifts(torch.tensor([0, 1, 2, 3]), torch.tensor([2.0, 2.0, 4.0, 1.0]), frames=3, scale=0.5)
+    assert shifts.tolist() == [[[0, 0], [-1, 0], [-2, 0]], [[0, 0], [1, 0], [2, 0]],
+                               [[0, 0], [0, -2], [0, -4]], [[0, 0], [0, 0], [0, 1]]]   # 0.5 rounds to even: 0
+
+
+def test_warped_noise_moves_frame_zero_and_stays_standard_normal():
+    shifts = motion_shifts(torch.tensor([1, 2]), torch.tensor([2.0, 4.0]), frames=T, scale=0.5)
+    moved = warped_noise(shifts, (4, 8, 8), 1.0, torch.Generator().manual_seed(0)).view(2, T, 4, 8, 8)
+    for t in range(T):                       # rho = 1: frame t is frame 0 rolled t pixels right / 2t pixels up
+        assert torch.equal(moved[0, t], torch.roll(moved[0, 0], t, dims=-1))
+        assert torch.equal(moved[1, t], torch.roll(moved[1, 0], -2 * t, dims=-2))
+    mixed = warped_noise(shifts.repeat(400, 1, 1), (4, 8, 8), 0.5, torch.Generator().manual_seed(1)).view(800, T, -1)
+    assert mixed.mean().abs() < 0.01 and (mixed.std() - 1).abs() < 0.01
+    # half the variance is shared: frame 0 and frame 1 rolled back correlate at rho (clips moving right)
+    back = torch.roll(mixed.view(800, T, 4, 8, 8)[::2, 1], -1, dims=-1)
+    corr = torch.corrcoef(torch.stack([mixed[::2, 0].flatten(), back.flatten()]))[0, 1]
+    assert corr == pytest.approx(0.5, abs=0.02)
+    fresh = warped_noise(shifts, (4, 8, 8), 0.0, torch.Generator().manual_seed(0)).view(2, T, 4, 8, 8)
+    assert not torch.allclose(fresh[0, 1], torch.roll(fresh[0, 0], 1, dims=-1))
+
+
+def test_speeds_from_two_frames_and_from_the_prior():
+    clips = render_moving_shapes(32, frames=8, size=32, seed=2)
+    assert torch.allclose(speeds_from_frames(clips.videos[:, 0], clips.videos[:, -1], 8), clips.speeds, atol=0.05)
+    drawn = draw_speeds(clips.attrs["size"], 8, 32, torch.Generator().manual_seed(0))
+    many = render_moving_shapes(2000, frames=8, size=32, seed=3)
+    for size in (0, 1):                      # the prior spans what the renderer draws for that size
+        real = many.speeds[many.attrs["size"] == size]
+        mine = drawn[clips.attrs["size"] == size]
+        assert real.min() - 0.01 <= mine.min() and mine.max() <= real.max() + 0.01
+
+
+def test_video_loss_on_warped_noise_uses_it():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        frames = T
+
+        def forward(self, x, t, context, context_mask, motion):
+            seen["x"] = x.clone()
+            return torch.zeros_like(x)
+
+    tiny = tiny_text_to_image()
+    latents = torch.zeros(1, T, 4, 8, 8)            # x_t = sqrt(1 - a_bar) eps: the noise itself, scaled
+    shifts = motion_shifts(torch.tensor([1]), torch.tensor([2.0]), T, 0.5)
+    video_loss(Spy(), latents, tiny.schedule, torch.zeros(1, 3, 8), torch.ones(1, 3, dtype=torch.bool),
+               torch.tensor([1]), generator=torch.Generator().manual_seed(0), shifts=shifts, rho=1.0)
+    x = seen["x"]
+    assert torch.allclose(x[2], torch.roll(x[0], 2, dims=-1))
+
+
+def test_warped_sampling_needs_speeds_and_changes_the_clips():
+    tiny = tiny_text_to_image()
+    video = _randomise(VideoUNet(tiny.unet, frames=T, motion_classes=4))
+    clips = render_moving_shapes(2, frames=T, size=16, seed=0)
+    kw = dict(steps=2, guidance_scale=2.0)
+    plain = generate_clips(tiny, video, clips, seed=3, **kw)
+    assert torch.equal(generate_clips(tiny, video, clips, seed=3, warp=0.0, **kw), plain)
+    warped = generate_clips(tiny, video, clips, seed=3, warp=1.0, **kw)
+    assert warped.shape == plain.shape and not torch.equal(warped, plain)
+    with pytest.raises(ValueError, match="speeds"):
+        generate_video(tiny, video, clips.captions, image_size=16, warp=1.0, **kw)

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from course_lib.data.shapes import _COLOUR_RGB, COLOURS, HALF_EXTENT, SHAPE_KINDS, SIZES, cell_size, shape_coverage
 
-__all__ = ["DIRECTIONS", "MOVING_ATTR_KEYS", "MovingShapesBatch", "render_moving_shapes",
-           "moving_caption_for", "parse_moving_caption", "MovingShapesDataset"]
+__all__ = ["DIRECTIONS", "MOVING_ATTR_KEYS", "MovingShapesBatch", "render_moving_shapes", "direction_steps",
+           "draw_speeds", "moving_caption_for", "parse_moving_caption", "MovingShapesDataset"]
 
 DIRECTIONS = ("left", "right", "up", "down")
 MOVING_ATTR_KEYS = ("shape", "colour", "size", "direction")
@@ -47,6 +47,25 @@ class MovingShapesBatch:
 
     def __len__(self) -> int:
         return len(self.captions)
+
+
+def direction_steps(direction: torch.Tensor) -> torch.Tensor:
+    """(N,) direction indices -> (N, 2) unit steps (x, y) per frame; y grows downward."""
+    return torch.from_numpy(_STEP).float()[torch.as_tensor(direction).long()]
+
+
+def draw_speeds(sizes: torch.Tensor, frames: int, size: int = 32, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+    """(N,) speeds in pixels per frame, drawn as the renderer draws them: room x U(0.5, 1) / (T - 1).
+
+    sizes: (N,) indices into SIZES, or -1 where the size is not known (a size is drawn for it).
+    What a sampler needs when the speed is not given (a caption names only the direction).
+    """
+    sizes = torch.as_tensor(sizes).long()
+    sizes = torch.where(sizes < 0, torch.randint(len(SIZES), sizes.shape, generator=generator), sizes)
+    half = torch.tensor(HALF_EXTENT)[sizes] * cell_size(size)
+    room = (size - half - _MARGIN) - (half + _MARGIN)          # as _trajectories: where a centre can go
+    return room * (0.5 + 0.5 * torch.rand(sizes.shape, generator=generator)) / (frames - 1)
 
 
 def _trajectories(direction: np.ndarray, half: np.ndarray, frames: int, size: int,

@@ -80,18 +80,20 @@ class AncestralRule(IntegerStepRule):
 class DDIMRule(IntegerStepRule):
     """DDIM on ``steps`` evenly spaced steps (``ddim_timesteps``), the last one landing on the data.
 
-    eta = 0: deterministic (no random numbers after x_T); eta > 0 draws one noise tensor per step.
+    eta = 0: deterministic (no random numbers after x_T); eta > 0 draws one noise tensor per step,
+    with ``noise(x, generator)`` (default :func:`cpu_noise`; video samplers pass frame-correlated noise).
     """
 
-    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, clip_x0: bool = True):
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, clip_x0: bool = True,
+                 noise: Callable[[Tensor, torch.Generator | None], Tensor] = cpu_noise):
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        self.schedule, self.eta, self.clip_x0 = schedule, eta, clip_x0
+        self.schedule, self.eta, self.clip_x0, self.noise = schedule, eta, clip_x0, noise
         self.timesteps = ddim_timesteps(steps, schedule.T)
 
     def step(self, eps: Tensor, x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
         t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1     # -1: the data
-        noise = cpu_noise(x, generator) if self.eta > 0 else None
+        noise = self.noise(x, generator) if self.eta > 0 else None
         return ddim_step(eps, x, self.t_at(i, x), t_prev, self.schedule, self.eta, noise, clip_x0=self.clip_x0)
 
 

@@ -10,6 +10,13 @@ circle", a caption the image model knows) goes to the frozen text encoder and th
 cross-attention of every frame; the direction ("left") is a motion label for the temporal blocks,
 the only layers that learn what moving means.
 
+Noise that moves with the object (``warp`` > 0; Chang et al. 2024, "How I Warped Your Noise";
+Burgert et al. 2025, "Go-with-the-Flow"): every frame's noise is frame 0's, shifted along the
+caption's direction at a speed (drawn from the world's prior, or read off given frames), mixed
+with fresh noise, eps_t = sqrt(rho) shift_t(eps_0) + sqrt(1 - rho) z_t, so each frame's noise is
+still N(0, I) while the frames share what lies under the moving object. Trained on it
+(:func:`video_loss` with ``shifts``), the temporal layers move the object with its noise.
+
 Given frames (image-to-video: the first; interpolation: the first and the last) are handed to
 the network clean, at step t = 0, in their place in the clip; the loss skips them. Trained that
 way, the temporal layers learn to read a clean frame and continue it, which is how SVD and
@@ -28,14 +35,15 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from course_lib.data.moving import DIRECTIONS, parse_moving_caption
+from course_lib.data.moving import DIRECTIONS, direction_steps, draw_speeds, parse_moving_caption
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.solver import DDIMRule, sample
 from course_lib.models.temporal import VideoUNet
 
-__all__ = ["MOTION_MODULE_DIR", "split_motion_caption", "video_loss", "GivenFrames", "given_mask", "generate_video",
-           "generate_clips", "load_frame_unet", "load_video_model"]
+__all__ = ["MOTION_MODULE_DIR", "split_motion_caption", "video_loss", "GivenFrames", "given_mask", "motion_shifts",
+           "warped_noise", "speeds_from_frames", "generate_video", "generate_clips", "load_frame_unet",
+           "load_video_model"]
 
 MOTION_MODULE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_video"
 
@@ -69,16 +77,60 @@ def given_mask(batch: int, frames: int, mode: str = "none") -> Tensor:
     return mask
 
 
+def motion_shifts(directions: Tensor, speeds: Tensor, frames: int, scale: float = 1.0) -> Tensor:
+    """(N, T, 2) whole-pixel shifts (x, y) of frame t's noise: round(step(direction) * speed * t * scale).
+
+    directions: (N,) indices into DIRECTIONS; speeds: (N,) image pixels per frame; scale: latent
+    pixels per image pixel (16 / 32 for the course's autoencoder).
+    """
+    step = direction_steps(directions)                                         # (N, 2)
+    t = torch.arange(frames, dtype=torch.float32)
+    return (step[:, None, :] * torch.as_tensor(speeds).float()[:, None, None] * t[None, :, None] * scale).round().long()
+
+
+def warped_noise(shifts: Tensor, shape: Sequence[int], rho: float | Tensor = 1.0,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Noise (N*T, *shape), clip after clip: eps_t = sqrt(rho) roll(eps_0, shifts[:, t]) + sqrt(1 - rho) z_t.
+
+    shifts: (N, T, 2) whole pixels (x, y), :func:`motion_shifts`; shape: one frame's (c, h, w); rho:
+    a number or (N,) per clip, 0 = independent frames. A circular shift of white noise is white
+    noise, so every frame is exactly N(0, I). Drawn on the CPU from ``generator``: eps_0, then z.
+    """
+    N, T = shifts.shape[:2]
+    c, h, w = shape
+    base = torch.randn(N, 1, c, h, w, generator=generator).expand(N, T, c, h, w)
+    rows = (torch.arange(h) - shifts[..., 1, None]) % h                       # (N, T, h): roll by y
+    cols = (torch.arange(w) - shifts[..., 0, None]) % w                       # (N, T, w): roll by x
+    moved = base.gather(3, rows[:, :, None, :, None].expand(N, T, c, h, w))
+    moved = moved.gather(4, cols[:, :, None, None, :].expand(N, T, c, h, w))
+    rho = torch.as_tensor(rho, dtype=torch.float32)
+    rho = rho.view(-1, 1, 1, 1, 1) if rho.dim() else rho
+    fresh = torch.randn(N, T, c, h, w, generator=generator)
+    return (rho.sqrt() * moved + (1 - rho).sqrt() * fresh).flatten(0, 1)
+
+
+def speeds_from_frames(first: Tensor, last: Tensor, frames: int) -> Tensor:
+    """(N,) pixels per frame between two given frames (N, 3, S, S) in [0, 1] of a straight, even motion:
+    the distance between their brightness-weighted centroids (black background) over T - 1."""
+    def centroid(x: Tensor) -> Tensor:
+        m = x.amax(1)                                                          # (N, S, S)
+        ys, xs = torch.meshgrid(torch.arange(m.shape[1]), torch.arange(m.shape[2]), indexing="ij")
+        total = m.sum((1, 2)).clamp(min=1e-6)
+        return torch.stack([(m * xs).sum((1, 2)) / total, (m * ys).sum((1, 2)) / total], -1)
+    return (centroid(last) - centroid(first)).norm(dim=-1) / (frames - 1)
+
+
 def video_loss(model: VideoUNet, latents: Tensor, schedule: NoiseSchedule, context: Tensor, context_mask: Tensor,
                motion: Tensor, given: Tensor | None = None, generator: torch.Generator | None = None,
-               noise_shift: float = 1.0) -> Tensor:
+               noise_shift: float = 1.0, shifts: Tensor | None = None, rho: float | Tensor = 1.0) -> Tensor:
     """The DDPM loss on clips, one step t per clip:  mean over the frames that are not given of ||eps - eps_theta||^2.
 
     latents: (B, T, c, s, s) scaled latents; context (B, L, D) / context_mask (B, L): the appearance
     captions; motion: (B,) labels; given: (B, T) bool, frames handed in clean at t = 0 (None: none).
     noise_shift s: t = floor(T u^(1/s)) with u uniform; s = 1 is DDPM's uniform t, s > 1 visits the
     noisiest steps more often, where a clip's layout and motion are decided (Stable Video Diffusion
-    shifts its noise levels up for video in the same spirit).
+    shifts its noise levels up for video in the same spirit). shifts (B, T, 2): the clips' noise is
+    :func:`warped_noise` along them with ``rho`` (a number or (B,)); None: independent frames.
     """
     if noise_shift <= 0:
         raise ValueError(f"noise_shift must be > 0, got {noise_shift}")
@@ -87,7 +139,10 @@ def video_loss(model: VideoUNet, latents: Tensor, schedule: NoiseSchedule, conte
     u = torch.rand(B, generator=generator)
     t = (schedule.T * u ** (1 / noise_shift)).long().clamp(max=schedule.T - 1)
     t = t.repeat_interleave(T).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    if shifts is None:
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+    else:
+        noise = warped_noise(shifts, x0.shape[1:], rho, generator).to(x0)
     a = schedule.at(schedule.alphas_cumprod, t, x0.dim()).to(x0)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise                           # x_t = sqrt(a_bar) x0 + sqrt(1 - a_bar) eps
     keep = torch.ones(B * T, device=x0.device)
@@ -122,7 +177,8 @@ class GivenFrames:
 @torch.no_grad()
 def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *, guidance_scale: float = 2.0,
                    steps: int = 20, eta: float = 1.0, image_size: int = 32, generator: torch.Generator | None = None,
-                   given_frames: Tensor | None = None, given: Tensor | None = None, temporal: bool = True) -> Tensor:
+                   given_frames: Tensor | None = None, given: Tensor | None = None, temporal: bool = True,
+                   warp: float = 0.0, speeds: Tensor | None = None) -> Tensor:
     """Clips (B, T, 3, S, S) in [0, 1] on the CPU for B motion captions.
 
     text_model: the :class:`TextToImage` whose U-Net the video model was built from (its text
@@ -130,6 +186,8 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
     the unconditional half given neither text nor motion. given_frames (B, T, 3, S, S) in [0, 1]
     and given (B, T) bool: frames handed in (image-to-video, interpolation). temporal=False: the
     frozen image model frame by frame, every frame with its own noise (the per-frame baseline).
+    warp: rho of :func:`warped_noise` for x_T and every step's noise, along the captions' directions
+    at ``speeds`` (B,) pixels per frame; 0: independent noise per frame (speeds unused).
     """
     captions = list(captions)
     B, T = len(captions), video_unet.frames
@@ -149,10 +207,16 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
         latents = text_model.encode_images(given_frames.flatten(0, 1) * 2 - 1)
         fn = GivenFrames(fn, latents, given)
     shape = (B * T, *text_model.latent_shape(image_size))
+    rule, x_T = DDIMRule(text_model.schedule, steps, eta=eta, clip_x0=False), None
+    if warp > 0:
+        if speeds is None or len(speeds) != B:
+            raise ValueError(f"warp > 0 needs speeds, (B,) = ({B},) pixels per frame")
+        shifts = motion_shifts(motion.cpu(), speeds, T, scale=shape[-1] / image_size)
+        rule.noise = lambda x, g: warped_noise(shifts, x.shape[1:], warp, g).to(x.device)  # noqa: E731
+        x_T = rule.noise(torch.empty(shape), generator)
     was_training = video_unet.training
     video_unet.eval()
-    z = sample(fn, shape, DDIMRule(text_model.schedule, steps, eta=eta, clip_x0=False), generator=generator,
-               device=text_model.device, progress=False)
+    z = sample(fn, shape, rule, generator=generator, x_T=x_T, device=text_model.device, progress=False)
     video_unet.train(was_training)
     if given is not None:
         z = fn.fill(z)
@@ -166,11 +230,21 @@ def generate_clips(text_model, video_unet: VideoUNet, clips, mode: str = "none",
     "first" (image to video) or "first_last" (interpolation).
 
     captions: other captions for the same clips (e.g. with the appearance left open); seed: the
-    generator's; sampling: :func:`generate_video`'s keywords (guidance_scale, steps, eta, temporal).
+    generator's; sampling: :func:`generate_video`'s keywords (guidance_scale, steps, eta, temporal, warp).
+    With warp > 0 the noise moves at the speed read off the first and last frames when both are
+    given, else at a speed drawn from the world's prior for the caption's size (seed + 1).
     """
     n, frames = clips.videos.shape[:2]
+    captions = clips.captions if captions is None else captions
     given = given_mask(n, frames, mode) if mode != "none" else None
-    return generate_video(text_model, video_unet, clips.captions if captions is None else captions,
+    if sampling.get("warp", 0) > 0 and "speeds" not in sampling:
+        if mode == "first_last":
+            sampling["speeds"] = speeds_from_frames(clips.videos[:, 0], clips.videos[:, -1], frames)
+        else:
+            sizes = torch.tensor([(parse_moving_caption(c) or {"size": -1})["size"] for c in captions])
+            sampling["speeds"] = draw_speeds(sizes, frames, clips.videos.shape[-1],
+                                             torch.Generator().manual_seed(seed + 1))
+    return generate_video(text_model, video_unet, captions,
                           image_size=clips.videos.shape[-1], generator=torch.Generator().manual_seed(seed),
                           given_frames=clips.videos if given is not None else None, given=given, **sampling)
 
