@@ -291,3 +291,5 @@ def test_warped_sampling_needs_speeds_and_changes_the_clips():
     assert warped.shape == plain.shape and not torch.equal(warped, plain)
     with pytest.raises(ValueError, match="speeds"):
         generate_video(tiny, video, clips.captions, image_size=16, warp=1.0, **kw)
+    with pytest.raises(ValueError, match="0 to 1"):
+        generate_clips(tiny, video, clips, seed=3, warp=1.5, **kw)

@@ -208,6 +208,8 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
         fn = GivenFrames(fn, latents, given)
     shape = (B * T, *text_model.latent_shape(image_size))
     rule, x_T = DDIMRule(text_model.schedule, steps, eta=eta, clip_x0=False), None
+    if not 0 <= warp <= 1:
+        raise ValueError(f"warp is rho, the share of each frame's noise moved from frame 0: 0 to 1, got {warp}")
     if warp > 0:
         if speeds is None or len(speeds) != B:
             raise ValueError(f"warp > 0 needs speeds, (B,) = ({B},) pixels per frame")
