@@ -398,8 +398,9 @@ def write_model_card(folder: Path, record: dict) -> None:
     motion = (f"temporal attention + temporal convolution after every spatial block, motion embedding (adaLN): "
               f"{record['trainable_weights']:,} weights")
     world = f"render_moving_shapes({cfg['n_train']}, frames={cfg['frames']}, seed={cfg['seed'] + 100})"
+    whole = "the warp stage's run" if "warp_stage_s" in times else "all"
     wall = (f"frame stage {times['frame_stage_s'] / 60:.0f} min, motion stage {times['motion_stage_s'] / 60:.0f} min, "
-            f"all with evaluation {times['total_s'] / 60:.0f} min ({record['date']}, torch {record['torch']})")
+            f"{whole} with evaluation {times['total_s'] / 60:.0f} min ({record['date']}, torch {record['torch']})")
     i2v, interp = r["i2v"]["kept_shape_colour"], r["interp"]["inner_centroid_error"]
     evaluated = (f", scored again on {record['evaluated']['date'][:10]} (torch {record['evaluated']['torch']}) "
                  "after a change to the metrics or to the judge" if "evaluated" in record else "")
