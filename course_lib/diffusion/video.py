@@ -38,7 +38,7 @@ from torch import Tensor
 from course_lib.data.moving import DIRECTIONS, direction_steps, draw_speeds, parse_moving_caption
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule
-from course_lib.diffusion.solver import DDIMRule, sample
+from course_lib.diffusion.solver import DDIMRule, cpu_noise, sample
 from course_lib.models.temporal import VideoUNet
 
 __all__ = ["MOTION_MODULE_DIR", "split_motion_caption", "video_loss", "GivenFrames", "given_mask", "motion_shifts",
@@ -207,15 +207,16 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
         latents = text_model.encode_images(given_frames.flatten(0, 1) * 2 - 1)
         fn = GivenFrames(fn, latents, given)
     shape = (B * T, *text_model.latent_shape(image_size))
-    rule, x_T = DDIMRule(text_model.schedule, steps, eta=eta, clip_x0=False), None
+    noise, x_T = cpu_noise, None
     if not 0 <= warp <= 1:
         raise ValueError(f"warp is rho, the share of each frame's noise moved from frame 0: 0 to 1, got {warp}")
     if warp > 0:
         if speeds is None or len(speeds) != B:
             raise ValueError(f"warp > 0 needs speeds, (B,) = ({B},) pixels per frame")
         shifts = motion_shifts(motion.cpu(), speeds, T, scale=shape[-1] / image_size)
-        rule.noise = lambda x, g: warped_noise(shifts, x.shape[1:], warp, g).to(x.device)  # noqa: E731
-        x_T = rule.noise(torch.empty(shape), generator)
+        noise = lambda x, g: warped_noise(shifts, x.shape[1:], warp, g).to(x.device)  # noqa: E731
+        x_T = noise(torch.empty(shape), generator)
+    rule = DDIMRule(text_model.schedule, steps, eta=eta, clip_x0=False, noise=noise)
     was_training = video_unet.training
     video_unet.eval()
     z = sample(fn, shape, rule, generator=generator, x_T=x_T, device=text_model.device, progress=False)
