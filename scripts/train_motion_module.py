@@ -232,7 +232,7 @@ def warp_stage(base, video_unet: VideoUNet, clips, latents, caption_id, directio
     shifts = motion_shifts(clips.attrs["direction"], clips.speeds, T, scale).to(latents.device)
 
     def loss(model, batch):
-        z, cap, motion, idx = batch
+        z, cap, motion, path = batch
         B = len(z)
         u = torch.rand(B).to(z.device)
         partial = n_vocab + cap * 7 + torch.randint(0, 7, (B,)).to(z.device)
@@ -244,10 +244,10 @@ def warp_stage(base, video_unet: VideoUNet, clips, latents, caption_id, directio
         given[u < 0.5, 0] = True
         given[u < 0.25, -1] = True
         return video_loss(model, z, base.schedule, context[cap], mask[cap], motion, given,
-                          noise_shift=cfg["noise_shift"], shifts=shifts[idx].cpu(), rho=torch.rand(B))
+                          noise_shift=cfg["noise_shift"], shifts=path.cpu(), rho=torch.rand(B))
 
     optimizer = torch.optim.AdamW(video_unet.temporal_parameters(), lr=cfg["warp_lr"], weight_decay=0.0)
-    data = TensorDataset(latents, caption_id, direction_id, torch.arange(len(latents), device=latents.device))
+    data = TensorDataset(latents, caption_id, direction_id, shifts)
     run = fit(video_unet, loss, data, steps=cfg["warp_steps"], batch_size=cfg["video_batch"], optimizer=optimizer,
               warmup_steps=cfg["warmup_steps"], grad_clip=1.0, ema_decay=cfg["warp_ema_decay"], seed=cfg["seed"],
               checkpoint=work / "warp.safetensors", checkpoint_every=250, log_every=50)
