@@ -92,11 +92,13 @@ def test_script_recreates_a_motion_module_in_smoke_mode(tmp_path):
                     "--work", str(tmp_path / "work")], check=True, cwd=ROOT, capture_output=True, timeout=600,
                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     record = json.loads((out / "metrics.json").read_text())
-    assert record["smoke"] and set(record["results"]) == {"real", "per_frame", "t2v", "i2v", "interp"}
+    assert record["smoke"] and set(record["results"]) == {"real", "per_frame", "t2v", "i2v", "interp", "size_open"}
     assert record["results"]["real"]["direction_accuracy"] == 1.0     # the scorer reads real clips right
-    assert "## Measured" in (out / "README.md").read_text() and (out / "samples.gif").exists()
+    assert set(record["times"]) >= {"frame_stage_s", "motion_stage_s", "warp_stage_s"}    # all three stages ran
+    card = (out / "README.md").read_text()
+    assert "## Measured" in card and "Stage 3" in card and "size left open" in card and (out / "samples.gif").exists()
     made, shipped = (json.loads((f / "config.json").read_text()) for f in (out, MOTION_MODULE_DIR))
-    architecture = ("frames", "motion_classes", "motion_dim", "num_heads", "conv")
+    architecture = ("frames", "motion_classes", "motion_dim", "num_heads", "conv", "warp")
     assert {k: made[k] for k in architecture} == {k: shipped[k] for k in architecture}
     # scoring the module again (after a change to the metrics) keeps the record and gives the same numbers
     subprocess.run([sys.executable, "scripts/train_motion_module.py", "--eval-only", "--out", str(out)],
@@ -118,20 +120,3 @@ def test_shipped_card_reports_the_second_training_seed():
     card = (MOTION_MODULE_DIR / "README.md").read_text()
     kept = record["second_seed"]["results"]["i2v"]["kept_shape_colour"]
     assert f"image-to-video kept {100 * kept:.1f} %" in card
-
-
-def test_warp_stage_trains_on_from_the_shipped_module_into_another_folder(tmp_path):
-    out, env = tmp_path / "warp", {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "scripts/train_motion_module.py", "--smoke", "--warp-stage", "--out", str(out),
-                    "--work", str(tmp_path / "work")], check=True, cwd=ROOT, capture_output=True, timeout=600, env=env)
-    record = json.loads((out / "metrics.json").read_text())
-    assert record["config"]["warp_steps"] == 4 and json.loads((out / "config.json").read_text())["warp"] == 1.0
-    assert record["times"]["motion_stage_s"] == json.loads((MOTION_MODULE_DIR / "metrics.json").read_text())[
-        "times"]["motion_stage_s"]                                   # stages 1 and 2 are the shipped ones
-    assert "Not the shipped module" in (out / "README.md").read_text()
-    trained = load_file(str(out / "motion_module.safetensors"))
-    shipped = load_file(str(MOTION_MODULE_DIR / "motion_module.safetensors"))
-    assert set(trained) == set(shipped) and any(not torch.equal(trained[k], shipped[k]) for k in shipped)
-    refused = subprocess.run([sys.executable, "scripts/train_motion_module.py", "--smoke", "--warp-stage"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert refused.returncode != 0 and "another --out" in refused.stderr

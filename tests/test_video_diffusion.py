@@ -111,7 +111,10 @@ def test_split_motion_caption():
     assert split_motion_caption("a large red circle moves left") == ("a large red circle", 0)
     assert split_motion_caption(" a small blue square   moves down ") == ("a small blue square", 3)
     assert split_motion_caption(" moves  up ") == ("", 2)              # the appearance left open
-    for bad in ("a large red circle at the top", "moves", "moves sideways", "a moves left", None):
+    assert split_motion_caption("a red circle moves up") == ("a red circle", 2)          # any size
+    assert split_motion_caption("a large shape moves right") == ("a large shape", 1)     # any colour and shape
+    for bad in ("a large red circle at the top", "moves", "moves sideways", "a moves left", None,
+                "a red large circle moves left", "large red circle moves left", "a red ring moves up"):
         with pytest.raises(ValueError, match="motion caption"):
             split_motion_caption(bad)
 
@@ -280,7 +283,21 @@ def test_video_loss_on_warped_noise_uses_it():
     assert torch.allclose(x[2], torch.roll(x[0], 2, dims=-1))
 
 
-def test_warped_sampling_needs_speeds_and_changes_the_clips():
+def test_generate_clips_runs_in_batches_with_one_generator():
+    tiny = tiny_text_to_image()
+    video = _randomise(VideoUNet(tiny.unet, frames=T, motion_classes=4))
+    clips = render_moving_shapes(5, frames=T, size=16, seed=0)
+    kw = dict(steps=2, guidance_scale=2.0)
+    batched = generate_clips(tiny, video, clips, seed=3, batch_size=2, **kw)
+    assert batched.shape == (5, T, 3, 16, 16) and torch.equal(batched, generate_clips(tiny, video, clips, seed=3,
+                                                                                      batch_size=2, **kw))
+    g = torch.Generator().manual_seed(3)               # the batches draw from one generator, one after the other
+    by_hand = [generate_video(tiny, video, clips.captions[i:i + 2], image_size=16, generator=g, **kw)
+               for i in range(0, 5, 2)]
+    assert torch.equal(batched, torch.cat(by_hand))
+
+
+def test_warped_sampling_changes_the_clips_and_follows_the_model():
     tiny = tiny_text_to_image()
     video = _randomise(VideoUNet(tiny.unet, frames=T, motion_classes=4))
     clips = render_moving_shapes(2, frames=T, size=16, seed=0)
@@ -289,7 +306,16 @@ def test_warped_sampling_needs_speeds_and_changes_the_clips():
     assert torch.equal(generate_clips(tiny, video, clips, seed=3, warp=0.0, **kw), plain)
     warped = generate_clips(tiny, video, clips, seed=3, warp=1.0, **kw)
     assert warped.shape == plain.shape and not torch.equal(warped, plain)
+    # without speeds, generate_video draws them from the prior (seed + 1), as generate_clips does
+    alone = generate_video(tiny, video, clips.captions, image_size=16, warp=1.0,
+                           generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(alone, warped)
     with pytest.raises(ValueError, match="speeds"):
-        generate_video(tiny, video, clips.captions, image_size=16, warp=1.0, **kw)
+        generate_video(tiny, video, clips.captions, image_size=16, warp=1.0, speeds=torch.ones(3), **kw)
     with pytest.raises(ValueError, match="0 to 1"):
         generate_clips(tiny, video, clips, seed=3, warp=1.5, **kw)
+    # a module trained on warped noise samples with it by default; the per-frame image model never does
+    video.warp = 1.0
+    assert torch.equal(generate_clips(tiny, video, clips, seed=3, **kw), warped)
+    assert torch.equal(generate_clips(tiny, video, clips, seed=3, temporal=False, **kw),
+                       generate_clips(tiny, video, clips, seed=3, temporal=False, warp=0.0, **kw))

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from course_lib.data.shapes import _COLOUR_RGB, COLOURS, HALF_EXTENT, SHAPE_KINDS, SIZES, cell_size, shape_coverage
 
 __all__ = ["DIRECTIONS", "MOVING_ATTR_KEYS", "MovingShapesBatch", "render_moving_shapes", "direction_steps",
-           "draw_speeds", "moving_caption_for", "parse_moving_caption", "MovingShapesDataset"]
+           "draw_speeds", "moving_caption_for", "parse_moving_caption", "leave_open", "MovingShapesDataset"]
 
 DIRECTIONS = ("left", "right", "up", "down")
 MOVING_ATTR_KEYS = ("shape", "colour", "size", "direction")
@@ -136,6 +136,22 @@ def parse_moving_caption(text: str) -> dict[str, int] | None:
     size, colour, shape, direction = m.groups()
     return {"shape": SHAPE_KINDS.index(shape), "colour": tuple(COLOURS).index(colour),
             "size": SIZES.index(size), "direction": DIRECTIONS.index(direction)}
+
+
+def leave_open(caption: str, *keys: str) -> str:
+    """The motion caption with attributes left open: ("a large red circle moves left", "size") ->
+    "a red circle moves left"; "colour" drops the colour; "shape" says "shape" ("a large red shape
+    moves left"). A sampler given it may draw any value there; a video model should then keep one.
+    """
+    attrs = parse_moving_caption(caption)
+    if attrs is None:
+        raise ValueError(f"leave_open: not a motion caption of the world: {caption!r}")
+    if not set(keys) <= {"size", "colour", "shape"}:
+        raise ValueError(f"leave_open: keys are 'size', 'colour' and 'shape', got {keys}")
+    words = ["a"] + ([] if "size" in keys else [SIZES[attrs["size"]]])
+    words += [] if "colour" in keys else [tuple(COLOURS)[attrs["colour"]]]
+    words += ["shape" if "shape" in keys else SHAPE_KINDS[attrs["shape"]], "moves", DIRECTIONS[attrs["direction"]]]
+    return " ".join(words)
 
 
 class MovingShapesDataset(Dataset):

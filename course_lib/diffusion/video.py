@@ -35,15 +35,16 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from course_lib.data.moving import DIRECTIONS, direction_steps, draw_speeds, parse_moving_caption
+from course_lib.data.moving import DIRECTIONS, direction_steps, draw_speeds
+from course_lib.data.shapes import COLOURS, SHAPE_KINDS, SIZES
 from course_lib.diffusion.guidance import ClassifierFreeGuidance
 from course_lib.diffusion.schedule import NoiseSchedule
 from course_lib.diffusion.solver import DDIMRule, cpu_noise, sample
 from course_lib.models.temporal import VideoUNet
 
 __all__ = ["MOTION_MODULE_DIR", "split_motion_caption", "video_loss", "GivenFrames", "given_mask", "motion_shifts",
-           "warped_noise", "speeds_from_frames", "generate_video", "generate_clips", "load_frame_unet",
-           "load_video_model"]
+           "warped_noise", "speeds_from_frames", "prior_speeds", "generate_video", "generate_clips", "load_frame_unet",
+           "sampling_warp", "load_video_model"]
 
 MOTION_MODULE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_video"
 
@@ -51,18 +52,27 @@ MOTION_MODULE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shape
 def split_motion_caption(caption: str) -> tuple[str, int]:
     """"a large red circle moves left" -> ("a large red circle", DIRECTIONS.index("left")).
 
-    "moves left" leaves the appearance open: ("", 0), the empty caption that training's caption
-    dropout showed the model (any object, moving left).
+    The appearance may leave things open: "moves left" -> ("", 0), the empty caption that training's
+    caption dropout showed the model (any object, moving left); "a red circle moves up" (any size),
+    "a large shape moves down" (any colour and shape): the words the world's captions use, in their
+    order, any of size and colour left out, "shape" for any shape.
     """
     words = caption.split() if isinstance(caption, str) else []
-    if len(words) == 2 and words[0] == "moves" and words[1] in DIRECTIONS:
-        return "", DIRECTIONS.index(words[1])
-    attrs = parse_moving_caption(caption)
-    if attrs is None:
-        raise ValueError(f"not a motion caption (\"a <size> <colour> <shape> moves <direction>\" "
-                         f"or \"moves <direction>\"): {caption!r}")
-    appearance, _ = " ".join(words).split(" moves ")
-    return appearance, attrs["direction"]
+    if len(words) < 2 or words[-2] != "moves" or words[-1] not in DIRECTIONS:
+        words = []
+    appearance = words[:-2]
+    if appearance:
+        rest = appearance[1:]
+        if rest[:1] and rest[0] in SIZES:
+            rest = rest[1:]
+        if rest[:1] and rest[0] in COLOURS:
+            rest = rest[1:]
+        if appearance[0] != "a" or len(rest) != 1 or rest[0] not in (*SHAPE_KINDS, "shape"):
+            words = []
+    if not words:
+        raise ValueError(f"not a motion caption (\"a <size> <colour> <shape> moves <direction>\", size and colour "
+                         f"optional, shape may be \"shape\"; or \"moves <direction>\"): {caption!r}")
+    return " ".join(appearance), DIRECTIONS.index(words[-1])
 
 
 def given_mask(batch: int, frames: int, mode: str = "none") -> Tensor:
@@ -174,11 +184,26 @@ class GivenFrames:
         return self.model(self.fill(x), torch.where(g, torch.zeros_like(t), t))
 
 
+def prior_speeds(captions: Sequence[str], frames: int, image_size: int, seed: int | None = None) -> Tensor:
+    """(B,) speeds in pixels per frame for B motion captions, drawn from the world's prior for each
+    caption's size (either size where the caption leaves it open; :func:`draw_speeds`)."""
+    sizes = torch.tensor([next((SIZES.index(w) for w in c.split() if w in SIZES), -1) for c in captions])
+    return draw_speeds(sizes, frames, image_size, None if seed is None else torch.Generator().manual_seed(seed))
+
+
+def sampling_warp(video_unet: VideoUNet, warp: float | None = None, temporal: bool = True) -> float:
+    """The rho to sample with: ``warp`` when given, else the model's own (``video_unet.warp``, set by
+    :func:`load_video_model` from config.json); 0 for the per-frame image model (temporal=False)."""
+    if warp is None:
+        warp = getattr(video_unet, "warp", 0.0) if temporal else 0.0
+    return float(warp)
+
+
 @torch.no_grad()
 def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *, guidance_scale: float = 2.0,
                    steps: int = 20, eta: float = 1.0, image_size: int = 32, generator: torch.Generator | None = None,
                    given_frames: Tensor | None = None, given: Tensor | None = None, temporal: bool = True,
-                   warp: float = 0.0, speeds: Tensor | None = None) -> Tensor:
+                   warp: float | None = None, speeds: Tensor | None = None) -> Tensor:
     """Clips (B, T, 3, S, S) in [0, 1] on the CPU for B motion captions.
 
     text_model: the :class:`TextToImage` whose U-Net the video model was built from (its text
@@ -187,8 +212,11 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
     and given (B, T) bool: frames handed in (image-to-video, interpolation). temporal=False: the
     frozen image model frame by frame, every frame with its own noise (the per-frame baseline).
     warp: rho of :func:`warped_noise` for x_T and every step's noise, along the captions' directions
-    at ``speeds`` (B,) pixels per frame; 0: independent noise per frame (speeds unused).
+    at ``speeds`` (B,) pixels per frame (None: drawn from the world's prior for each caption's size,
+    :func:`~course_lib.data.moving.draw_speeds`, with a generator seeded ``generator``'s seed + 1);
+    0: independent noise per frame; None: the model's own ``video_unet.warp`` (0 with temporal=False).
     """
+    warp = sampling_warp(video_unet, warp, temporal)
     captions = list(captions)
     B, T = len(captions), video_unet.frames
     split = [split_motion_caption(c) for c in captions]
@@ -211,7 +239,9 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
     if not 0 <= warp <= 1:
         raise ValueError(f"warp is rho, the share of each frame's noise moved from frame 0: 0 to 1, got {warp}")
     if warp > 0:
-        if speeds is None or len(speeds) != B:
+        if speeds is None:
+            speeds = prior_speeds(captions, T, image_size, None if generator is None else generator.initial_seed() + 1)
+        if len(speeds) != B:
             raise ValueError(f"warp > 0 needs speeds, (B,) = ({B},) pixels per frame")
         shifts = motion_shifts(motion.cpu(), speeds, T, scale=shape[-1] / image_size)
         noise = lambda x, g: warped_noise(shifts, x.shape[1:], warp, g).to(x.device)  # noqa: E731
@@ -227,29 +257,37 @@ def generate_video(text_model, video_unet: VideoUNet, captions: Sequence[str], *
 
 
 def generate_clips(text_model, video_unet: VideoUNet, clips, mode: str = "none", *, seed: int = 0,
-                   captions: Sequence[str] | None = None, **sampling) -> Tensor:
+                   captions: Sequence[str] | None = None, batch_size: int = 16, **sampling) -> Tensor:
     """Clips (N, T, 3, S, S) for the N captions of ``clips`` (a ``MovingShapesBatch``), generated with
     the real clips' frames handed in where ``given_mask(N, T, mode)`` says: "none" (text to video),
     "first" (image to video) or "first_last" (interpolation).
 
     captions: other captions for the same clips (e.g. with the appearance left open); seed: the
     generator's; sampling: :func:`generate_video`'s keywords (guidance_scale, steps, eta, temporal, warp).
-    With warp > 0 the noise moves at the speed read off the first and last frames when both are
-    given, else at a speed drawn from the world's prior for the caption's size (seed + 1).
+    With warp > 0 (by default the model's own, :func:`sampling_warp`) the noise moves at the speed
+    read off the first and last frames when both are given, else at a speed drawn from the world's
+    prior for the caption's size (:func:`prior_speeds`, seed + 1).
+
+    Clips are made ``batch_size`` at a time, one generator running through the batches (on a CPU,
+    64 clips take about twice as long in one batch as in four); up to ``batch_size`` clips are
+    exactly one :func:`generate_video` call.
     """
     n, frames = clips.videos.shape[:2]
-    captions = clips.captions if captions is None else captions
+    captions = list(clips.captions if captions is None else captions)
     given = given_mask(n, frames, mode) if mode != "none" else None
-    if sampling.get("warp", 0) > 0 and "speeds" not in sampling:
-        if mode == "first_last":
-            sampling["speeds"] = speeds_from_frames(clips.videos[:, 0], clips.videos[:, -1], frames)
-        else:
-            sizes = torch.tensor([(parse_moving_caption(c) or {"size": -1})["size"] for c in captions])
-            sampling["speeds"] = draw_speeds(sizes, frames, clips.videos.shape[-1],
-                                             torch.Generator().manual_seed(seed + 1))
-    return generate_video(text_model, video_unet, captions,
-                          image_size=clips.videos.shape[-1], generator=torch.Generator().manual_seed(seed),
-                          given_frames=clips.videos if given is not None else None, given=given, **sampling)
+    sampling["warp"] = sampling_warp(video_unet, sampling.get("warp"), sampling.get("temporal", True))
+    speeds = sampling.pop("speeds", None)
+    if sampling["warp"] > 0 and speeds is None:
+        speeds = (speeds_from_frames(clips.videos[:, 0], clips.videos[:, -1], frames) if mode == "first_last"
+                  else prior_speeds(captions, frames, clips.videos.shape[-1], seed + 1))
+    generator, made = torch.Generator().manual_seed(seed), []
+    for i in range(0, n, batch_size):
+        part = slice(i, i + batch_size)
+        made.append(generate_video(text_model, video_unet, captions[part], image_size=clips.videos.shape[-1],
+                                   generator=generator, given_frames=None if given is None else clips.videos[part],
+                                   given=None if given is None else given[part],
+                                   speeds=None if speeds is None else speeds[part], **sampling))
+    return torch.cat(made)
 
 
 def _checked_folder(folder: str | Path) -> Path:
@@ -291,4 +329,5 @@ def load_video_model(text_model, folder: str | Path = MOTION_MODULE_DIR) -> Vide
         raise ValueError(f"{folder / 'motion_module.safetensors'} does not fit this VideoUNet: "
                          f"missing {lacks}, unexpected {extra}")
     video.load_state_dict(motion, strict=False)
+    video.warp = cfg.get("warp", 0.0)           # trained on warped noise: sampled with it
     return video.to(next(text_model.unet.parameters()).device).eval()

@@ -136,6 +136,11 @@ class VideoUNet(nn.Module):
             "no motion given" (for classifier-free guidance). None: no motion input.
         motion_dim: width of the motion embedding. num_heads: of the temporal attention.
         conv: also insert the temporal convolutions.
+
+    ``warp`` (attribute, 0.0): rho of the noise its clips are sampled with
+    (``course_lib.diffusion.video.warped_noise``; 0: independent noise per frame).
+    ``load_video_model`` sets it from the module's config.json: a module trained on warped noise
+    is sampled with it.
     """
 
     def __init__(self, unet: UNet, frames: int, motion_classes: int | None = None, motion_dim: int = 64,
@@ -145,6 +150,7 @@ class VideoUNet(nn.Module):
             raise ValueError(f"frames must be an int >= 2, got {frames!r}")
         self.unet = copy.deepcopy(unet).requires_grad_(False)
         self.frames, self.motion_classes = frames, motion_classes
+        self.warp = 0.0
         self._state = _ClipState(frames)
         self.motion_emb = nn.Embedding(motion_classes + 1, motion_dim) if motion_classes else None
         dim = motion_dim if motion_classes else None
