@@ -314,7 +314,9 @@ def load_video_model(text_model, folder: str | Path = MOTION_MODULE_DIR) -> Vide
 
     folder holds ``frame_unet.safetensors``, ``motion_module.safetensors`` and ``config.json``, as
     ``scripts/train_motion_module.py`` writes them (AnimateDiff ships a motion module the same way:
-    the temporal weights alone, for a given image model). ``text_model`` is left unchanged.
+    the temporal weights alone, for a given image model). ``text_model`` is left unchanged. The
+    model's ``warp`` is config.json's (rho of the noise it was trained to be sampled with; 0 if absent),
+    which :func:`generate_video` and :func:`generate_clips` use unless told otherwise.
     """
     unet = load_frame_unet(text_model, folder)                  # checks the folder
     folder = Path(folder)
