@@ -204,10 +204,21 @@ def main() -> int:
 
 
 def partial_captions(appearance: str) -> list[str]:
-    """The 7 captions that leave some of "a <size> <colour> <shape>" open: "a large circle", "a red shape", ..."""
-    size, colour, shape = appearance.split()[1:]
-    return [" ".join(["a", *[w for i, w in enumerate((size, colour)) if not k >> i & 1], "shape" if k & 4 else shape])
-            for k in range(1, 8)]
+    """The 7 captions that leave some of "a <size> <colour> <shape>" open: "a large circle", "a red shape", ...
+    (``leave_open``; bit 0 of k opens the size, bit 1 the colour, bit 2 the shape)."""
+    keys = ("size", "colour", "shape")
+    return [leave_open(f"{appearance} moves left", *(key for i, key in enumerate(keys) if k >> i & 1))
+            .removesuffix(" moves left") for k in range(1, 8)]
+
+
+def random_given(batch: int, frames: int) -> torch.Tensor:
+    """(B, T) bool, the frames handed in clean for one training batch: none for half the clips, the
+    first for a quarter (image-to-video), the first and the last for a quarter (interpolation)."""
+    u = torch.rand(batch)
+    given = torch.zeros(batch, frames, dtype=torch.bool)
+    given[u < 0.5, 0] = True
+    given[u < 0.25, -1] = True
+    return given
 
 
 def warp_stage(base, video_unet: VideoUNet, clips, latents, caption_id, direction_id, vocab, cfg, work) -> None:
@@ -228,11 +239,7 @@ def warp_stage(base, video_unet: VideoUNet, clips, latents, caption_id, directio
         cap = torch.where(u < cfg["p_drop_caption"], empty, torch.where(u < cfg["p_drop_caption"] + cfg["p_partial"],
                                                                         partial, cap))
         motion = torch.where(torch.rand(B).to(z.device) < cfg["p_drop_motion"], model.null_motion, motion)
-        u = torch.rand(B)
-        given = torch.zeros(B, T, dtype=torch.bool)
-        given[u < 0.5, 0] = True
-        given[u < 0.25, -1] = True
-        return video_loss(model, z, base.schedule, context[cap], mask[cap], motion, given,
+        return video_loss(model, z, base.schedule, context[cap], mask[cap], motion, random_given(B, T),
                           noise_shift=cfg["noise_shift"], shifts=path.cpu(), rho=torch.rand(B))
 
     optimizer = torch.optim.AdamW(video_unet.temporal_parameters(), lr=cfg["warp_lr"], weight_decay=0.0)
@@ -281,11 +288,7 @@ def train_frames_and_motion(base, cfg, work, latents, caption_id, direction_id, 
         B = len(z)
         cap = torch.where(torch.rand(B).to(z.device) < cfg["p_drop_caption"], empty, cap)
         motion = torch.where(torch.rand(B).to(z.device) < cfg["p_drop_motion"], model.null_motion, motion)
-        u = torch.rand(B)
-        given = torch.zeros(B, T, dtype=torch.bool)
-        given[u < 0.5, 0] = True             # first frame given: image-to-video (and interpolation)
-        given[u < 0.25, -1] = True           # last frame given too: interpolation
-        return video_loss(model, z, base.schedule, context_table[cap], mask_table[cap], motion, given,
+        return video_loss(model, z, base.schedule, context_table[cap], mask_table[cap], motion, random_given(B, T),
                           noise_shift=cfg["noise_shift"])
 
     optimizer = torch.optim.AdamW(video_unet.temporal_parameters(), lr=cfg["video_lr"], weight_decay=0.0)

@@ -195,7 +195,7 @@ def sampling_warp(video_unet: VideoUNet, warp: float | None = None, temporal: bo
     """The rho to sample with: ``warp`` when given, else the model's own (``video_unet.warp``, set by
     :func:`load_video_model` from config.json); 0 for the per-frame image model (temporal=False)."""
     if warp is None:
-        warp = getattr(video_unet, "warp", 0.0) if temporal else 0.0
+        warp = video_unet.warp if temporal else 0.0
     return float(warp)
 
 
