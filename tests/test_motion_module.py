@@ -120,3 +120,20 @@ def test_shipped_card_reports_the_second_training_seed():
     card = (MOTION_MODULE_DIR / "README.md").read_text()
     kept = record["second_seed"]["results"]["i2v"]["kept_shape_colour"]
     assert f"image-to-video kept {100 * kept:.1f} %" in card
+
+
+def test_failure_script_counts_the_failing_clips_by_what_they_show():
+    run = subprocess.run([sys.executable, "scripts/video_failures.py", "--clips", "12", "--tasks", "first_last",
+                          "--threads", "1"], check=True, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    head, result, failing = [line for line in run.stdout.splitlines() if line.strip()][-3:]
+    kinds = dict(reversed(part.split(" ", 1)) for part in head.split(": ", 1)[1].split(", "))
+    assert sum(int(n) for n in kinds.values()) == 12 and head.startswith("12 clips (render seed 2024")
+    assert result.startswith("guidance 2, interpolation: direction ")
+    flicker, kept = (float(result.split(f"{key} ")[1].split("%")[0]) / 100 for key in ("flicker", "kept"))
+    parts = [] if failing.endswith("none") else failing.split(": ", 1)[1].split(", ")
+    counted = {part.split(" of ")[1].split(" ", 1)[1]: int(part.split(" of ")[0]) for part in parts}
+    assert all(n <= int(kinds[k]) for k, n in counted.items())
+    # a failing clip flickers or loses the first frame's identity, so the count lies between these
+    total = sum(counted.values())
+    assert round(12 * max(flicker, 1 - kept)) <= total <= round(12 * (flicker + 1 - kept))
