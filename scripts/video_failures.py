@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from course_lib.data.moving import render_moving_shapes  # noqa: E402
 from course_lib.data.shapes import SHAPE_KINDS, SIZES  # noqa: E402
-from course_lib.diffusion.export import BASE_MODEL_DIR, CourseTextToImagePipeline, model_from_pipeline  # noqa: E402
 from course_lib.diffusion.video import MOTION_MODULE_DIR, generate_clips, load_frame_unet, load_video_model  # noqa: E402
 from course_lib.eval.video import video_verdicts  # noqa: E402
+from train_motion_module import load_base  # noqa: E402  (scripts/ is on the path when a script runs)
 
 TASKS = {"none": "text-to-video", "first": "image-to-video", "first_last": "interpolation"}
 
@@ -44,27 +44,28 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base = model_from_pipeline(CourseTextToImagePipeline.from_pretrained(BASE_MODEL_DIR)).eval().requires_grad_(False)
+    base = load_base("cpu")
     base.unet = load_frame_unet(base, args.folder)
     model = load_video_model(base, args.folder)
     config = json.loads((args.folder / "config.json").read_text())
     clips = render_moving_shapes(args.clips, frames=config["frames"], size=config["image_size"], seed=args.seed)
     kind = [f"{SIZES[int(z)]} {SHAPE_KINDS[int(s)]}" for z, s in zip(clips.attrs["size"], clips.attrs["shape"])]
+    counts = Counter(kind)
     print(f"{args.clips} clips (render seed {args.seed}, sampling seed {args.sampling_seed}): "
-          + ", ".join(f"{n} {k}" for k, n in sorted(Counter(kind).items())))
+          + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     for guidance in args.guidance or [config["guidance_scale"]]:
         for task in args.tasks:
             start = time.perf_counter()
             made = generate_clips(base, model, clips, task, seed=args.sampling_seed, guidance_scale=guidance,
                                   steps=config["ddim_steps"], eta=config["eta"])
             v = video_verdicts(made, clips.captions, true_centers=clips.centers)
-            failed = v["flicker"] | (~v["kept"] if task != "none" else torch.zeros_like(v["flicker"]))
+            failed = v["flicker"] if task == "none" else v["flicker"] | ~v["kept"]
             print(f"guidance {guidance:g}, {TASKS[task]}: direction {v['direction_ok'].float().mean():.1%}, "
                   f"flicker {v['flicker'].float().mean():.1%}, kept {v['kept'].float().mean():.1%}, "
                   f"centroid error {v['centroid_error'].nanmean():.2f} px ({time.perf_counter() - start:.0f} s)")
             where = Counter(kind[i] for i in failed.nonzero().flatten().tolist())
             print("    failing clips by what they show: "
-                  + (", ".join(f"{n} of {Counter(kind)[k]} {k}" for k, n in where.most_common()) or "none"), flush=True)
+                  + (", ".join(f"{n} of {counts[k]} {k}" for k, n in where.most_common()) or "none"), flush=True)
     return 0
 
 
